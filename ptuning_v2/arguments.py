@@ -1,0 +1,56 @@
+"""Command-line arguments: the project's dataclasses plus HF ``Seq2SeqTrainingArguments``.
+
+Flag names follow ChatGLM-6B's ptuning ``main.py`` (``--model_name_or_path --train_file --validation_file
+--test_file --prompt_column --response_column --history_column --max_source_length --max_target_length
+--pre_seq_len --prefix_projection --quantization_bit --ptuning_checkpoint``) so its scripts carry over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Local directory (or hub id, if cached) of the base causal LM."})
+    ptuning_checkpoint: str | None = field(
+        default=None, metadata={"help": "A prefix checkpoint to start from; its shape flags are read from it."}
+    )
+    torch_dtype: str = field(
+        default="auto", metadata={"help": "Base dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16."}
+    )
+    quantization_bit: int | None = field(default=None, metadata={"help": "Load the frozen base in 8 or 4 bit (bitsandbytes)."})
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
+    double_quant: bool = field(default=False, metadata={"help": "4-bit: also quantize the quantization constants."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model directory."})
+
+
+@dataclass
+class PrefixArguments:
+    pre_seq_len: int = field(default=128, metadata={"help": "Number of virtual prefix tokens per layer."})
+    prefix_projection: bool = field(
+        default=False, metadata={"help": "Reparameterize the prefix with an Embedding -> Linear -> Tanh -> Linear MLP."}
+    )
+    prefix_hidden_size: int | None = field(
+        default=None, metadata={"help": "Hidden width of the projection MLP (default: the model's hidden size)."}
+    )
+    # ChatGLM2/3 apply Dropout(0.1) to the prefix key/values; the same default here.
+    prefix_dropout: float = field(default=0.1, metadata={"help": "Dropout on the prefix key/values while training."})
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(default=None, metadata={"help": "Training data, JSON lines."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, JSON lines (loss is reported)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data, JSON lines (used by evaluate)."})
+    prompt_column: str = field(default="content", metadata={"help": "Field holding the question / input text."})
+    response_column: str = field(default="summary", metadata={"help": "Field holding the answer / label word."})
+    history_column: str | None = field(default=None, metadata={"help": "Field holding [[query, response], ...]."})
+    input_column: str | None = field(default=None, metadata={"help": "Optional field appended to the prompt (Alpaca 'input')."})
+    prompt_template: str = field(default="chatglm", metadata={"help": "How turns are formatted: chatglm or plain."})
+    source_prefix: str = field(default="", metadata={"help": "Text put before every prompt (an instruction)."})
+    max_source_length: int = field(default=1024, metadata={"help": "Max prompt tokens (longer prompts keep their end)."})
+    max_target_length: int = field(default=128, metadata={"help": "Max answer tokens (longer answers keep their start)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
+    plot_loss: bool = field(default=True, metadata={"help": "Write loss_curve.png into the output directory."})

@@ -1,0 +1,171 @@
+"""Examples from JSON lines -> token ids and labels.
+
+Formats (one JSON object per line; column names are flags, as in ChatGLM-6B's ptuning):
+  * content/summary (ADGEN):            --prompt_column content --response_column summary
+  * instruction/input/output (Alpaca):  --prompt_column instruction --input_column input --response_column output
+  * prompt/response/history (multi-turn): --history_column history, history = [[query, response], ...]
+  * text/label (classification):        --prompt_column text --response_column label (the label is a word)
+
+A training feature is input_ids = [bos] + source + target + [eos] with labels = -100 over [bos] + source and
+the token ids over target + [eos]; the loss is thus on the answer only. Sources longer than max_source_length
+keep their *end* (where the prompt template puts the question), targets keep their start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+IGNORE_INDEX = -100
+
+
+class DataFormatError(ValueError):
+    """A data file line that cannot be used; the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a (query, history) pair becomes the source text. Recorded in checkpoints, used again by chat/evaluate.
+
+    ``round`` formats one turn's question with ``{index}`` (1-based) and ``{query}``; a past turn is that text
+    followed by its response and ``separator``.
+    """
+
+    name: str
+    round: str
+    separator: str
+
+    def build_prompt(self, query: str, history: list[tuple[str, str]] | None = None, source_prefix: str = "") -> str:
+        parts = [source_prefix]
+        for index, (old_query, response) in enumerate(history or [], start=1):
+            parts.append(self.round.format(index=index, query=old_query) + response + self.separator)
+        parts.append(self.round.format(index=len(history or []) + 1, query=query))
+        return "".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromptTemplate":
+        return cls(name=d["name"], round=d["round"], separator=d["separator"])
+
+
+PROMPT_TEMPLATES = {
+    # ChatGLM2/3-style rounds: "[Round 1]\n\n问：...\n\n答：" (问 = question, 答 = answer).
+    "chatglm": PromptTemplate("chatglm", "[Round {index}]\n\n问：{query}\n\n答：", "\n\n"),
+    # The query as it is, e.g. with --source_prefix carrying the instruction; past turns on their own lines.
+    "plain": PromptTemplate("plain", "{query}", "\n"),
+}
+
+
+def get_template(name: str) -> PromptTemplate:
+    try:
+        return PROMPT_TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown prompt template {name!r}; known: {', '.join(PROMPT_TEMPLATES)}") from None
+
+
+@dataclass(frozen=True)
+class Columns:
+    prompt: str = "content"
+    response: str = "summary"
+    history: str | None = None
+    input: str | None = None   # Alpaca-style extra input appended to the instruction
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; malformed JSON names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: data file not found")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}, line {line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(f"{path}, line {line_no}: expected a JSON object, got {type(obj).__name__}")
+            records.append((line_no, obj))
+    return records
+
+
+def _text_field(obj: dict, field: str, where: str, required: bool = True) -> str:
+    if field not in obj:
+        if required:
+            raise DataFormatError(f"{where}: field {field!r} is missing (fields present: {', '.join(obj) or 'none'})")
+        return ""
+    value = obj[field]
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _history_field(obj: dict, field: str, where: str) -> list[tuple[str, str]]:
+    value = obj.get(field) or []
+    if not isinstance(value, list) or not all(
+        isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn) for turn in value
+    ):
+        raise DataFormatError(f"{where}: field {field!r} must be a list of [query, response] string pairs")
+    return [(q, r) for q, r in value]
+
+
+@dataclass(frozen=True)
+class Example:
+    query: str
+    response: str
+    history: tuple[tuple[str, str], ...] = ()
+
+
+def load_examples(path: str | Path, columns: Columns, require_response: bool = True) -> list[Example]:
+    examples = []
+    for line_no, obj in read_jsonl(path):
+        where = f"{path}, line {line_no}"
+        query = _text_field(obj, columns.prompt, where)
+        if columns.input:
+            extra = _text_field(obj, columns.input, where, required=False)
+            query = f"{query}\n{extra}" if extra else query
+        response = _text_field(obj, columns.response, where, required=require_response)
+        history = _history_field(obj, columns.history, where) if columns.history else []
+        examples.append(Example(query, response, tuple(history)))
+    if not examples:
+        raise DataFormatError(f"{path}: no examples found")
+    return examples
+
+
+def encode_source(tokenizer, prompt: str, max_source_length: int) -> list[int]:
+    """[bos] + the prompt's ids, keeping the prompt's end when it is too long."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    budget = max(max_source_length - len(bos), 1)
+    return bos + ids[-budget:]
+
+
+def build_training_features(
+    example: Example, tokenizer, template: PromptTemplate, max_source_length: int, max_target_length: int,
+    source_prefix: str = "",
+) -> dict[str, list[int]]:
+    prompt = template.build_prompt(example.query, list(example.history), source_prefix)
+    source = encode_source(tokenizer, prompt, max_source_length)
+    target = tokenizer.encode(example.response, add_special_tokens=False)[:max_target_length]
+    target = target + [tokenizer.eos_token_id]
+    return {
+        "input_ids": source + target,
+        "attention_mask": [1] * (len(source) + len(target)),
+        "labels": [IGNORE_INDEX] * len(source) + target,
+    }
+
+
+def build_prompt_features(
+    example: Example, tokenizer, template: PromptTemplate, max_source_length: int, source_prefix: str = ""
+) -> dict[str, list[int]]:
+    """The source alone, for generation and scoring."""
+    prompt = template.build_prompt(example.query, list(example.history), source_prefix)
+    source = encode_source(tokenizer, prompt, max_source_length)
+    return {"input_ids": source, "attention_mask": [1] * len(source)}

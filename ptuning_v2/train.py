@@ -1,0 +1,144 @@
+"""Train a P-tuning v2 prefix: ``python -m ptuning_v2.train --model_name_or_path ... --train_file ... [Trainer flags]``.
+
+Loads the frozen base (optionally int8/int4), wraps it in a PrefixModel, tokenizes the data, and runs the
+PrefixTrainer. Checkpoints go to ``--output_dir/checkpoint-N/``; the final prefix to ``--output_dir``. A run
+whose output_dir already holds checkpoints resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+
+import torch
+import transformers
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ptuning_v2.arguments import DataArguments, ModelArguments, PrefixArguments
+from ptuning_v2.checkpoint import encoder_config_from, load_prefix_weights, read_checkpoint_config
+from ptuning_v2.data import Columns, build_training_features, get_template, load_examples
+from ptuning_v2.plotting import plot_loss
+from ptuning_v2.prefix_model import PrefixModel, encoder_config_for
+from ptuning_v2.quantization import BaseModelSpec, load_base_model
+from ptuning_v2.trainer import PrefixTrainer
+
+logger = logging.getLogger("ptuning_v2.train")
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, PrefixArguments, DataArguments, Seq2SeqTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def prompt_settings(data_args: DataArguments) -> dict:
+    """What chat/evaluate need to format prompts exactly as training did; stored in every checkpoint."""
+    return {
+        "template": get_template(data_args.prompt_template).to_dict(),
+        "source_prefix": data_args.source_prefix,
+        "max_source_length": data_args.max_source_length,
+        "max_target_length": data_args.max_target_length,
+        "columns": {"prompt": data_args.prompt_column, "response": data_args.response_column,
+                    "history": data_args.history_column, "input": data_args.input_column},
+    }
+
+
+def columns_from(data_args: DataArguments) -> Columns:
+    return Columns(prompt=data_args.prompt_column, response=data_args.response_column,
+                   history=data_args.history_column, input=data_args.input_column)
+
+
+def tokenize_file(path, tokenizer, data_args: DataArguments, limit: int | None) -> list[dict]:
+    examples = load_examples(path, columns_from(data_args))[:limit]
+    template = get_template(data_args.prompt_template)
+    return [
+        build_training_features(ex, tokenizer, template, data_args.max_source_length, data_args.max_target_length,
+                                data_args.source_prefix)
+        for ex in examples
+    ]
+
+
+def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_args: DataArguments) -> PrefixModel:
+    spec = BaseModelSpec(
+        model_name_or_path=model_args.model_name_or_path,
+        torch_dtype=model_args.torch_dtype,
+        quantization_bit=model_args.quantization_bit,
+        quant_type=model_args.quant_type,
+        double_quant=model_args.double_quant,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    base, spec = load_base_model(spec)
+    base.config.use_cache = False
+    if model_args.ptuning_checkpoint:
+        # Continue from a checkpoint: its recorded shape wins, the user does not repeat the prefix flags.
+        encoder_config = encoder_config_from(read_checkpoint_config(model_args.ptuning_checkpoint))
+    else:
+        encoder_config = encoder_config_for(base.config, prefix_args.pre_seq_len, prefix_args.prefix_projection,
+                                            prefix_args.prefix_hidden_size, prefix_args.prefix_dropout)
+    model = PrefixModel(base, encoder_config, base_spec=spec, prompt_settings=prompt_settings(data_args))
+    if model_args.ptuning_checkpoint:
+        load_prefix_weights(model, model_args.ptuning_checkpoint)
+    trainable, total = model.count_parameters()
+    print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+    return model
+
+
+def main(argv=None) -> str:
+    model_args, prefix_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    transformers.utils.logging.set_verbosity_warning()
+    if not data_args.train_file:
+        raise SystemExit("error: --train_file is required")
+    set_seed(training_args.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
+                                              trust_remote_code=model_args.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_features = tokenize_file(data_args.train_file, tokenizer, data_args, data_args.max_train_samples)
+    eval_features = (tokenize_file(data_args.validation_file, tokenizer, data_args, data_args.max_eval_samples)
+                     if data_args.validation_file else None)
+    print(f"train examples: {len(train_features)}" + (f", validation examples: {len(eval_features)}" if eval_features else ""))
+
+    model = build_model(model_args, prefix_args, data_args)
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    trainer = PrefixTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_features,
+        eval_dataset=eval_features,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir):
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume:
+            print(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if eval_features is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if data_args.plot_loss and trainer.is_world_process_zero():
+        png = plot_loss(trainer.state.log_history, os.path.join(training_args.output_dir, "loss_curve.png"))
+        if png:
+            print(f"loss curve: {png}")
+    if trainer.is_world_process_zero():
+        print(f"prefix checkpoint: {os.path.abspath(training_args.output_dir)}")
+    return training_args.output_dir
+
+
+if __name__ == "__main__":
+    main()

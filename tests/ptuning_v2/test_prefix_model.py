@@ -1,0 +1,149 @@
+"""Behaviour of the prefix model on tiny models: exactness, freezing, training, checkpointing, generation."""
+
+import pytest
+import torch
+
+from ptuning_v2.prefix_model import PrefixModel, encoder_config_for, forward_with_prefix, is_trainable
+from tiny_models import ARCHITECTURES, tiny_model
+
+PAD = 0
+
+
+def prefixed(model_type="glm", attention="gqa", pre_seq_len=4, projection=False, seed=0, **overrides):
+    base = tiny_model(model_type, attention, seed=seed, **overrides)
+    cfg = encoder_config_for(base.config, pre_seq_len, prefix_projection=projection, prefix_hidden_size=16)
+    torch.manual_seed(seed + 1)
+    return PrefixModel(base, cfg)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("attention", ["mha", "gqa", "mqa"])
+def test_real_token_keys_as_prefix_reproduce_full_sequence_logits(model_type, attention):
+    base = tiny_model(model_type, attention)
+    torch.manual_seed(1)
+    ids = torch.randint(4, 90, (2, 11))
+    p = 4
+    with torch.no_grad():
+        full = base(ids).logits
+        cache = base(ids[:, :p], use_cache=True).past_key_values
+        prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        # The continuation sits at positions p.. in the full sequence.
+        positions = torch.arange(p, ids.shape[1]).expand(2, -1)
+        rest = forward_with_prefix(base, prefix_kv, ids[:, p:], position_ids=positions).logits
+    assert (rest - full[:, p:]).abs().max().item() <= 1e-5
+
+
+def test_every_base_parameter_is_frozen_and_count_matches():
+    model = prefixed(projection=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if is_trainable(n)}
+    assert trainable == {"prefix_encoder." + k for k in model.trainable_state_dict()}
+    assert all(not p.requires_grad for p in model.base.parameters())  # embeddings, norms, lm_head included
+    n_trainable, n_total = model.count_parameters()
+    assert n_trainable == sum(p.numel() for p in model.prefix_encoder.parameters())
+    assert n_total == n_trainable + sum(p.numel() for p in model.base.parameters())
+
+
+def test_padding_side_does_not_change_real_token_logits():
+    model = prefixed().eval()
+    ids = torch.randint(4, 90, (1, 7))
+    pad = torch.full((1, 3), PAD)
+    with torch.no_grad():
+        plain = model(ids).logits
+        left = model(torch.cat([pad, ids], 1), attention_mask=torch.cat([torch.zeros(1, 3), torch.ones(1, 7)], 1).long()).logits
+        right = model(torch.cat([ids, pad], 1), attention_mask=torch.cat([torch.ones(1, 7), torch.zeros(1, 3)], 1).long()).logits
+    torch.testing.assert_close(left[:, 3:], plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(right[:, :7], plain, atol=1e-5, rtol=0)
+
+
+def batch_with_labels(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 90, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # one left-padded row
+    ids[1, :2] = PAD
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[mask == 0] = -100
+    return ids, mask, labels
+
+
+def test_short_training_run_lowers_loss_changes_only_the_prefix():
+    model = prefixed(projection=True)
+    model.train()
+    base_before = {n: t.clone() for n, t in model.base.state_dict().items()}
+    prefix_before = {n: t.clone() for n, t in model.trainable_state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids, mask, labels = batch_with_labels()
+    losses = []
+    for _ in range(25):
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    for name, tensor in model.trainable_state_dict().items():
+        assert not torch.equal(tensor, prefix_before[name]), name
+    for name, tensor in model.base.state_dict().items():
+        assert torch.equal(tensor, base_before[name]), f"base parameter {name} changed"
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_gradient_checkpointing_gives_same_loss_and_prefix_gradients(model_type):
+    def loss_and_grads(checkpointing: bool):
+        model = prefixed(model_type, projection=True)
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        ids, mask, labels = batch_with_labels()
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.prefix_encoder.named_parameters()}, model
+
+    loss_off, grads_off, _ = loss_and_grads(False)
+    loss_on, grads_on, model = loss_and_grads(True)
+    assert all(layer.gradient_checkpointing for layer in model.patch.decoder_layers(model.base))
+    assert abs(loss_on - loss_off) <= 1e-5 * abs(loss_off)
+    for name in grads_off:
+        assert grads_off[name].abs().sum() > 0, f"no gradient reached {name}"
+        rel = (grads_on[name] - grads_off[name]).norm() / grads_off[name].norm()
+        assert rel <= 1e-5, (name, rel.item())
+
+
+def test_checkpointing_rejects_reentrant_mode():
+    with pytest.raises(ValueError, match="use_reentrant"):
+        prefixed().activation_checkpointing_enable({"use_reentrant": True})
+
+
+def greedy_by_full_recompute(model, ids, mask, steps):
+    """Greedy decoding that recomputes the whole sequence, prefix included, for every new token."""
+    ids, mask = ids.clone(), mask.clone()
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = forward_with_prefix(model.base, model.prefix_kv(ids.shape[0]), ids, attention_mask=mask).logits
+        next_ids = logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_ids], 1)
+        mask = torch.cat([mask, torch.ones_like(next_ids)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("model_type", ["glm", "llama"])
+def test_generate_on_left_padded_batch_equals_full_recompute(model_type):
+    model = prefixed(model_type, pre_seq_len=3, eos_token_id=None).eval()
+    with torch.no_grad():  # a prefix large enough to matter
+        model.prefix_encoder.embedding.weight.normal_(0, 2.0)
+    ids = torch.tensor([[PAD, PAD, PAD, 11, 12, 13], [21, 22, 23, 24, 25, 26]])
+    mask = (ids != PAD).long()
+    generated = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    expected = greedy_by_full_recompute(model, ids, mask, 6)
+    assert torch.equal(generated, expected)
+    # Padding does not change a row's continuation.
+    alone = model.generate(ids[:1, 3:], max_new_tokens=6, do_sample=False)
+    assert torch.equal(alone[0, 3:], generated[0, 6:])
+
+
+def test_generate_rejects_right_padding():
+    model = prefixed().eval()
+    with pytest.raises(ValueError, match="left padding"):
+        model.generate(torch.tensor([[5, 6, PAD]]), attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2)
