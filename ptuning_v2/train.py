@@ -7,18 +7,15 @@ whose output_dir already holds checkpoints resumes from the newest one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-from dataclasses import asdict
-
-import torch
 import transformers
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ptuning_v2.arguments import DataArguments, ModelArguments, PrefixArguments
+from ptuning_v2.cli import run
 from ptuning_v2.checkpoint import encoder_config_from, load_prefix_weights, read_checkpoint_config
 from ptuning_v2.data import Columns, build_training_features, get_template, load_examples
 from ptuning_v2.plotting import plot_loss
@@ -64,7 +61,9 @@ def tokenize_file(path, tokenizer, data_args: DataArguments, limit: int | None) 
     ]
 
 
-def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_args: DataArguments) -> PrefixModel:
+def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_args: DataArguments,
+                resume_checkpoint: str | None = None) -> PrefixModel:
+    """Base + prefix. A checkpoint to resume or continue from decides the prefix shape, not the flags."""
     spec = BaseModelSpec(
         model_name_or_path=model_args.model_name_or_path,
         torch_dtype=model_args.torch_dtype,
@@ -75,9 +74,10 @@ def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_a
     )
     base, spec = load_base_model(spec)
     base.config.use_cache = False
-    if model_args.ptuning_checkpoint:
-        # Continue from a checkpoint: its recorded shape wins, the user does not repeat the prefix flags.
-        encoder_config = encoder_config_from(read_checkpoint_config(model_args.ptuning_checkpoint))
+    shape_source = resume_checkpoint or model_args.ptuning_checkpoint
+    if shape_source:
+        # Its recorded shape wins: the user does not repeat the prefix flags.
+        encoder_config = encoder_config_from(read_checkpoint_config(shape_source))
     else:
         encoder_config = encoder_config_for(base.config, prefix_args.pre_seq_len, prefix_args.prefix_projection,
                                             prefix_args.prefix_hidden_size, prefix_args.prefix_dropout)
@@ -107,7 +107,12 @@ def main(argv=None) -> str:
                      if data_args.validation_file else None)
     print(f"train examples: {len(train_features)}" + (f", validation examples: {len(eval_features)}" if eval_features else ""))
 
-    model = build_model(model_args, prefix_args, data_args)
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir):
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume:
+            print(f"resuming from {resume}")
+    model = build_model(model_args, prefix_args, data_args, resume)
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = PrefixTrainer(
         model=model,
@@ -117,11 +122,6 @@ def main(argv=None) -> str:
         data_collator=collator,
         processing_class=tokenizer,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume:
-            print(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
@@ -141,4 +141,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

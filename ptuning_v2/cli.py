@@ -1,0 +1,19 @@
+"""Entry-point helper: the project's own input errors end the program with one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+from model_patches import UnsupportedModelError
+from ptuning_v2.checkpoint import CheckpointError
+from ptuning_v2.data import DataFormatError
+
+USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError)
+
+
+def run(main) -> None:
+    try:
+        main()
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,95 @@
+"""The training entry point end to end on a tiny saved GLM: checkpoints, untouched base, resume, reload."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ptuning_v2.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_prefix_model
+
+PAIRS = [("这个好不好", "好"), ("这个坏不坏", "坏"), ("天好不好", "好"), ("水坏不坏", "坏"),
+         ("山好不好", "好"), ("火坏不坏", "坏"), ("月好不好", "好"), ("日坏不坏", "坏")]
+
+
+def file_hashes(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def run_train(base_dir, data_file, output_dir, max_steps, extra=()):
+    cmd = [sys.executable, "-m", "ptuning_v2.train",
+           "--model_name_or_path", str(base_dir), "--train_file", str(data_file),
+           "--validation_file", str(data_file),
+           "--prompt_column", "content", "--response_column", "summary", "--prompt_template", "plain",
+           "--max_source_length", "16", "--max_target_length", "4", "--pre_seq_len", "4",
+           "--output_dir", str(output_dir), "--max_steps", str(max_steps), "--save_steps", "2",
+           "--per_device_train_batch_size", "4", "--learning_rate", "3e-2", "--logging_steps", "1",
+           "--gradient_checkpointing", "--use_cpu", "--report_to", "none", "--seed", "7", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"content": q, "summary": a}, ensure_ascii=False) + "\n" for q, a in PAIRS),
+                    encoding="utf-8")
+    return path
+
+
+def test_train_writes_self_describing_checkpoints_and_resumes(tiny_base_dir, data_file, tmp_path):
+    before = file_hashes(tiny_base_dir)
+    out = tmp_path / "run"
+    log = run_train(tiny_base_dir, data_file, out, max_steps=4, extra=["--prefix_projection"])
+
+    for step in (2, 4):
+        ckpt = out / f"checkpoint-{step}"
+        assert (ckpt / CONFIG_NAME).is_file() and (ckpt / WEIGHTS_NAME).is_file()
+        assert (ckpt / "trainer_state.json").is_file() and (ckpt / "optimizer.pt").is_file()
+        assert not (ckpt / "model.safetensors").exists()  # only the prefix is saved
+        config = json.loads((ckpt / CONFIG_NAME).read_text())
+        assert config["pre_seq_len"] == 4 and config["prefix_projection"] is True
+        assert config["prompt"]["template"]["name"] == "plain"
+    assert file_hashes(tiny_base_dir) == before, "training modified the base model's files"
+    assert "trainable params:" in log and f"prefix checkpoint: {out}" in log
+    assert (out / "loss_curve.png").stat().st_size > 1000
+
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+
+    # A second run in the same output_dir continues from checkpoint-4 instead of starting over.
+    log = run_train(tiny_base_dir, data_file, out, max_steps=6)
+    assert f"resuming from {out / 'checkpoint-4'}" in log
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
+
+    model, tokenizer, config = load_prefix_model(out)
+    assert config["prefix_projection"] is True  # the resumed run kept the checkpoint's shape
+    ids = torch.tensor([tokenizer.encode("这个好不好")])
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, ids.shape[1], 96)
+
+
+def test_continue_from_ptuning_checkpoint_reads_its_shape(tiny_base_dir, data_file, tmp_path):
+    first = tmp_path / "first"
+    run_train(tiny_base_dir, data_file, first, max_steps=2, extra=["--pre_seq_len", "6"])
+    second = tmp_path / "second"
+    # No --pre_seq_len 6 here: the shape comes from the checkpoint.
+    run_train(tiny_base_dir, data_file, second, max_steps=2, extra=["--ptuning_checkpoint", str(first)])
+    assert json.loads((second / CONFIG_NAME).read_text())["pre_seq_len"] == 6
+
+
+def test_bad_data_line_fails_with_file_and_line(tiny_base_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"content": "好", "summary": "好"}\n{"content": "坏"}\n', encoding="utf-8")
+    cmd = [sys.executable, "-m", "ptuning_v2.train", "--model_name_or_path", str(tiny_base_dir),
+           "--train_file", str(bad), "--output_dir", str(tmp_path / "o"), "--use_cpu", "--report_to", "none"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"{bad}, line 2: field 'summary' is missing" in result.stderr
+    assert "Traceback" not in result.stderr
