@@ -54,6 +54,8 @@ class PromptTemplate:
 PROMPT_TEMPLATES = {
     # ChatGLM2/3-style rounds: "[Round 1]\n\n问：...\n\n答：" (问 = question, 答 = answer).
     "chatglm": PromptTemplate("chatglm", "[Round {index}]\n\n问：{query}\n\n答：", "\n\n"),
+    # One question, then 答 (answer): "...\n答：". Suits instructions given with --source_prefix.
+    "instruction": PromptTemplate("instruction", "{query}\n答：", "\n"),
     # The query as it is, e.g. with --source_prefix carrying the instruction; past turns on their own lines.
     "plain": PromptTemplate("plain", "{query}", "\n"),
 }

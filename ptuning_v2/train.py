@@ -41,6 +41,7 @@ def prompt_settings(data_args: DataArguments) -> dict:
         "source_prefix": data_args.source_prefix,
         "max_source_length": data_args.max_source_length,
         "max_target_length": data_args.max_target_length,
+        "test_file": os.path.abspath(data_args.test_file) if data_args.test_file else None,
         "columns": {"prompt": data_args.prompt_column, "response": data_args.response_column,
                     "history": data_args.history_column, "input": data_args.input_column},
     }

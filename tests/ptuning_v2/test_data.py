@@ -25,7 +25,7 @@ def test_chatglm_template_with_history():
     prompt = template.build_prompt("你好吗", [("你是谁", "我是小")], source_prefix="")
     assert prompt == "[Round 1]\n\n问：你是谁\n\n答：我是小\n\n[Round 2]\n\n问：你好吗\n\n答："
     assert get_template("plain").build_prompt("好", source_prefix="问：") == "问：好"
-    with pytest.raises(ValueError, match="chatglm, plain"):
+    with pytest.raises(ValueError, match="chatglm, instruction, plain"):
         get_template("alpaca-v9")
 
 

@@ -1,0 +1,131 @@
+"""Evaluate a prefix checkpoint (or the bare base with the same prompts) on a test file.
+
+    python -m ptuning_v2.evaluate --checkpoint output/sentiment [--test_file F] [--base_only] [--do_sample]
+
+Writes ``generated_predictions.jsonl`` ({"prompt", "labels", "predict"} per line) and ``metrics.json``:
+BLEU-4 and ROUGE-1/2/L as ChatGLM-6B's ptuning computes them, accuracy (exact match of the generated answer),
+and, for classification data (few distinct short answers, or --label_words), ``label_scoring_accuracy``:
+the answer chosen by comparing the log-likelihood of each label word, which needs no generation at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ptuning_v2.cli import run
+from ptuning_v2.data import Columns, load_examples
+from ptuning_v2.inference import generate_batch, label_logprobs, load_session
+from ptuning_v2.metrics import accuracy, generation_metrics
+
+MAX_LABELS = 8  # a reference set with at most this many distinct short answers is treated as classification
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="prefix checkpoint directory (output_dir or checkpoint-N)")
+    p.add_argument("--model_name_or_path", help="base model; default: the one recorded in the checkpoint")
+    p.add_argument("--test_file", help="JSON lines; default: the test file recorded in the checkpoint")
+    p.add_argument("--base_only", action="store_true", help="evaluate the base without the prefix (same prompts)")
+    p.add_argument("--quantization_bit", type=int, choices=[4, 8], help="override the recorded quantization")
+    p.add_argument("--prompt_column"), p.add_argument("--response_column"), p.add_argument("--history_column")
+    p.add_argument("--prompt_template", help="without a checkpoint: chatglm or plain")
+    p.add_argument("--source_prefix", help="without a checkpoint: text put before every prompt")
+    p.add_argument("--label_words", help="comma-separated answers to score, e.g. 积极,消极 (default: detected)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_new_tokens", type=int, help="default: max_target_length recorded in the checkpoint, else 64")
+    p.add_argument("--max_samples", type=int, help="evaluate only the first N examples")
+    p.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.95)
+    p.add_argument("--top_p", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--output_dir", help="default: CHECKPOINT/eval (or CHECKPOINT/eval-base-only)")
+    return p.parse_args(argv)
+
+
+def detect_labels(references: list[str]) -> list[str] | None:
+    distinct = sorted(set(references))
+    if 1 < len(distinct) <= MAX_LABELS and all(len(r) <= 8 for r in distinct) and len(references) >= 2 * len(distinct):
+        return distinct
+    return None
+
+
+def batches(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if not args.checkpoint and not args.model_name_or_path:
+        raise SystemExit("error: give --checkpoint or --model_name_or_path")
+    quant = "recorded" if args.quantization_bit is None else args.quantization_bit
+    session = load_session(args.checkpoint, args.model_name_or_path, args.base_only, quant,
+                           args.prompt_template, args.source_prefix)
+    recorded = {}
+    if args.checkpoint:
+        from ptuning_v2.checkpoint import read_checkpoint_config
+
+        recorded = read_checkpoint_config(args.checkpoint).get("prompt") or {}
+    cols = recorded.get("columns", {})
+    columns = Columns(prompt=args.prompt_column or cols.get("prompt", "content"),
+                      response=args.response_column or cols.get("response", "summary"),
+                      history=args.history_column or cols.get("history"), input=cols.get("input"))
+    test_file = args.test_file or recorded.get("test_file")
+    if not test_file:
+        raise SystemExit("error: no --test_file given and none recorded in the checkpoint")
+    examples = load_examples(test_file, columns)[: args.max_samples]
+    references = [ex.response for ex in examples]
+    prompts = [session.prompt_ids(ex.query, ex.history) for ex in examples]
+    max_new_tokens = args.max_new_tokens or recorded.get("max_target_length", 64)
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=args.do_sample)
+    if args.do_sample:
+        gen_kwargs.update(temperature=args.temperature, top_p=args.top_p)
+    # Similar lengths in one batch waste less padding; results are put back in file order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    predictions = [""] * len(prompts)
+    tok = session.tokenizer
+    for chunk in tqdm(list(batches(order, args.batch_size)), desc="generating", unit="batch"):
+        outputs = generate_batch(session, [prompts[i] for i in chunk], **gen_kwargs)
+        for i, out in zip(chunk, outputs):
+            predictions[i] = tok.decode(out, skip_special_tokens=True).strip()
+
+    metrics = {"test_file": str(test_file), "num_examples": len(examples),
+               "model": "base only" if args.base_only or not args.checkpoint else "base + prefix",
+               **generation_metrics(predictions, references), "accuracy": accuracy(predictions, references)}
+    labels = args.label_words.split(",") if args.label_words else detect_labels(references)
+    if labels:
+        candidates = [tok.encode(label, add_special_tokens=False) for label in labels]
+        chosen = []
+        for chunk in tqdm(list(batches(order, args.batch_size)), desc="scoring labels", unit="batch"):
+            scores = label_logprobs(session, [prompts[i] for i in chunk], candidates)
+            chosen.extend(zip(chunk, scores.argmax(-1).tolist()))
+        picked = [""] * len(prompts)
+        for i, k in chosen:
+            picked[i] = labels[k]
+        metrics["label_words"] = labels
+        metrics["label_scoring_accuracy"] = accuracy(picked, references)
+
+    default_out = Path(args.checkpoint) / ("eval-base-only" if args.base_only else "eval") if args.checkpoint else Path("output/eval-base")
+    out_dir = Path(args.output_dir) if args.output_dir else default_out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "generated_predictions.jsonl", "w", encoding="utf-8") as f:
+        for ex, ref, pred in zip(examples, references, predictions):
+            f.write(json.dumps({"prompt": ex.query, "labels": ref, "predict": pred}, ensure_ascii=False) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(metrics, ensure_ascii=False, indent=2))
+    print(f"predictions and metrics written to {os.path.abspath(out_dir)}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run(main)

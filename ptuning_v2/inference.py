@@ -1,0 +1,143 @@
+"""What evaluate and chat share: load base (+ prefix) with the training prompt format, generate and score.
+
+Shapes: prompts are lists of token ids of varying length; batches are left-padded to (B, L) with
+attention_mask (B, L). ``generate_batch`` returns the new tokens only; ``label_logprobs`` returns (B, K):
+the summed log-probability of each of K candidate answers after each prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ptuning_v2.data import Example, PromptTemplate, build_prompt_features, get_template
+from ptuning_v2.positions import real_token_positions
+from ptuning_v2.prefix_model import PrefixModel
+
+
+@dataclass
+class InferenceSession:
+    model: torch.nn.Module          # a PrefixModel, or the bare base model
+    tokenizer: object
+    template: PromptTemplate
+    source_prefix: str = ""
+    max_source_length: int = 1024
+
+    @property
+    def has_prefix(self) -> bool:
+        return isinstance(self.model, PrefixModel)
+
+    @property
+    def base(self):
+        return self.model.base if self.has_prefix else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
+
+    def prompt_ids(self, query: str, history=()) -> list[int]:
+        example = Example(query, "", tuple(history))
+        return build_prompt_features(example, self.tokenizer, self.template, self.max_source_length,
+                                     self.source_prefix)["input_ids"]
+
+
+def load_session(
+    checkpoint: str | None = None,
+    model_path: str | None = None,
+    base_only: bool = False,
+    quantization_bit="recorded",
+    prompt_template: str | None = None,
+    source_prefix: str | None = None,
+    max_source_length: int | None = None,
+) -> InferenceSession:
+    """From a checkpoint (base path, dtype, quantization and prompt format recorded in it) or a bare model.
+
+    ``base_only`` with a checkpoint loads its base and prompt format but not the prefix: the zero-shot baseline
+    with exactly the prompts the prefix was trained on.
+    """
+    from transformers import AutoTokenizer
+
+    from ptuning_v2.checkpoint import load_prefix_model, read_checkpoint_config
+    from ptuning_v2.quantization import BaseModelSpec, load_base_model
+
+    prompt = {}
+    if checkpoint:
+        config = read_checkpoint_config(checkpoint)
+        prompt = config.get("prompt") or {}
+        if base_only:
+            spec = BaseModelSpec(**config["base_model"])
+            spec.model_name_or_path = model_path or spec.model_name_or_path
+            if quantization_bit != "recorded":
+                spec.quantization_bit = quantization_bit
+            model, spec = load_base_model(spec)
+            tokenizer = AutoTokenizer.from_pretrained(spec.model_name_or_path, trust_remote_code=spec.trust_remote_code)
+        else:
+            model, tokenizer, _ = load_prefix_model(checkpoint, model_path, quantization_bit=quantization_bit)
+    elif model_path:
+        bit = None if quantization_bit == "recorded" else quantization_bit
+        model, spec = load_base_model(BaseModelSpec(model_path, quantization_bit=bit))
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    else:
+        raise ValueError("give a checkpoint, a base model path, or both")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    template = get_template(prompt_template) if prompt_template else (
+        PromptTemplate.from_dict(prompt["template"]) if "template" in prompt else get_template("chatglm"))
+    return InferenceSession(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        template=template,
+        source_prefix=prompt.get("source_prefix", "") if source_prefix is None else source_prefix,
+        max_source_length=max_source_length or prompt.get("max_source_length", 1024),
+    )
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate_batch(session: InferenceSession, prompts: list[list[int]], **generate_kwargs) -> list[list[int]]:
+    tok = session.tokenizer
+    ids, mask = left_pad(prompts, tok.pad_token_id, session.device)
+    kwargs = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **generate_kwargs)
+    if session.has_prefix:
+        out = session.model.generate(ids, attention_mask=mask, **kwargs)
+    else:
+        out = session.model.generate(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask), **kwargs)
+    return [answer_tokens(row, tok.eos_token_id, tok.pad_token_id) for row in out[:, ids.shape[1]:].tolist()]
+
+
+def answer_tokens(row: list[int], eos_id: int, pad_id: int) -> list[int]:
+    """Generated tokens up to (not including) the first eos, padding removed."""
+    if eos_id in row:
+        row = row[: row.index(eos_id)]
+    return [t for t in row if t != pad_id]
+
+
+@torch.no_grad()
+def label_logprobs(session: InferenceSession, prompts: list[list[int]], candidates: list[list[int]]) -> torch.Tensor:
+    """(B, K): log p(candidate k | prompt b), summed over the candidate's tokens."""
+    sequences = [p + c for p in prompts for c in candidates]
+    ids, mask = left_pad(sequences, session.tokenizer.pad_token_id, session.device)
+    if session.has_prefix:
+        logits = session.model(ids, attention_mask=mask).logits
+    else:
+        logits = session.model(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask)).logits
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    scores = torch.empty(len(sequences))
+    width = ids.shape[1]
+    for row, seq in enumerate(sequences):
+        cand = candidates[row % len(candidates)]
+        # Token at position t is predicted by the logits at t - 1; the candidate occupies the last len(cand) slots.
+        positions = torch.arange(width - len(cand), width)
+        scores[row] = logprobs[row, positions - 1, ids[row, positions]].sum()
+    return scores.view(len(prompts), len(candidates))

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# P-tune a prefix on a frozen base. With no settings: the shipped tiny ChatGLM-style base on Chinese sentiment.
+#
+# Environment variables (defaults in brackets):
+#   MODEL        base model directory                       [data/base_model]
+#   TASK         sentiment | idiom | multiturn               [sentiment]
+#   TRAIN_FILE / VALIDATION_FILE / TEST_FILE                 [the TASK's files under data/generated/]
+#   PRE_SEQ_LEN  virtual tokens per layer                    [16]
+#   LR           learning rate                               [2e-2, as ChatGLM-6B's ptuning]
+#   STEPS        optimizer steps                             [600]
+#   BATCH        examples per step                           [16]
+#   QUANT        4 or 8 to load the frozen base in int4/int8 [unset: full precision]
+#   OUTPUT_DIR   where checkpoints go                        [output/$TASK]
+# Extra arguments are passed to `python -m ptuning_v2.train` (any HF Seq2SeqTrainingArguments flag works).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+cd "$ROOT"
+
+MODEL=${MODEL:-data/base_model}
+TASK=${TASK:-sentiment}
+PRE_SEQ_LEN=${PRE_SEQ_LEN:-16}
+LR=${LR:-2e-2}
+STEPS=${STEPS:-600}
+BATCH=${BATCH:-16}
+QUANT=${QUANT:-}
+OUTPUT_DIR=${OUTPUT_DIR:-output/$TASK}
+DATA=data/generated
+
+case "$TASK" in
+  sentiment)
+    TASK_ARGS=(--prompt_column text --response_column label --prompt_template instruction
+               --source_prefix "判断这条评论的情感是积极还是消极：" --max_source_length 128 --max_target_length 4) ;;
+  idiom)
+    TASK_ARGS=(--prompt_column content --response_column summary --prompt_template chatglm
+               --max_source_length 96 --max_target_length 64) ;;
+  multiturn)
+    TASK_ARGS=(--prompt_column prompt --response_column response --history_column history
+               --prompt_template chatglm --max_source_length 192 --max_target_length 64) ;;
+  *) echo "TASK must be sentiment, idiom or multiturn (or set TRAIN_FILE and pass column flags)" >&2; exit 2 ;;
+esac
+TRAIN_FILE=${TRAIN_FILE:-$DATA/$TASK/train.jsonl}
+VALIDATION_FILE=${VALIDATION_FILE:-$DATA/$TASK/dev.jsonl}
+TEST_FILE=${TEST_FILE:-$DATA/$TASK/test.jsonl}
+[ -f "$TEST_FILE" ] || TEST_FILE=$VALIDATION_FILE
+
+if [ ! -f "$DATA/$TASK/train.jsonl" ] && [[ "$TRAIN_FILE" == "$DATA/"* ]]; then
+    echo "[train.sh] preparing the Chinese data sets under $DATA"
+    "$PY" data/prepare_data.py --out "$DATA"
+fi
+
+QUANT_ARGS=()
+if [ -n "$QUANT" ]; then QUANT_ARGS=(--quantization_bit "$QUANT" --gradient_checkpointing); fi
+
+exec "$PY" -m ptuning_v2.train \
+    --model_name_or_path "$MODEL" \
+    --train_file "$TRAIN_FILE" --validation_file "$VALIDATION_FILE" --test_file "$TEST_FILE" \
+    "${TASK_ARGS[@]}" \
+    --pre_seq_len "$PRE_SEQ_LEN" --learning_rate "$LR" --max_steps "$STEPS" \
+    --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --max_eval_samples 500 \
+    --logging_steps 10 --save_steps 200 --save_total_limit 3 --report_to none --seed 42 \
+    --output_dir "$OUTPUT_DIR" "${QUANT_ARGS[@]}" "$@"
