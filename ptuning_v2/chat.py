@@ -15,8 +15,7 @@ import sys
 from transformers import TextStreamer
 
 from ptuning_v2.cli import run
-from ptuning_v2.inference import InferenceSession, answer_tokens, left_pad, load_session
-from ptuning_v2.positions import real_token_positions
+from ptuning_v2.inference import InferenceSession, left_pad, load_session
 
 WELCOME = "P-tuning v2 chat. Type a message; 'clear' resets the history, 'exit' leaves."
 
@@ -35,15 +34,9 @@ def parse_args(argv=None):
 
 
 def reply(session: InferenceSession, query: str, history: list, streamer, **gen_kwargs) -> str:
-    tok = session.tokenizer
-    ids, mask = left_pad([session.prompt_ids(query, history)], tok.pad_token_id, session.device)
-    kwargs = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, streamer=streamer, **gen_kwargs)
-    if session.has_prefix:
-        out = session.model.generate(ids, attention_mask=mask, **kwargs)
-    else:
-        out = session.model.generate(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask), **kwargs)
-    return tok.decode(answer_tokens(out[0, ids.shape[1]:].tolist(), tok.eos_token_id, tok.pad_token_id),
-                      skip_special_tokens=True).strip()
+    ids, mask = left_pad([session.prompt_ids(query, history)], session.tokenizer.pad_token_id, session.device)
+    out = session.generate(ids, mask, streamer=streamer, **gen_kwargs)
+    return session.answer(out[0, ids.shape[1]:].tolist())
 
 
 def main(argv=None) -> None:

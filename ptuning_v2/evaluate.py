@@ -95,9 +95,8 @@ def main(argv=None) -> dict:
     predictions = [""] * len(prompts)
     tok = session.tokenizer
     for chunk in tqdm(list(batches(order, args.batch_size)), desc="generating", unit="batch"):
-        outputs = generate_batch(session, [prompts[i] for i in chunk], **gen_kwargs)
-        for i, out in zip(chunk, outputs):
-            predictions[i] = tok.decode(out, skip_special_tokens=True).strip()
+        for i, answer in zip(chunk, generate_batch(session, [prompts[i] for i in chunk], **gen_kwargs)):
+            predictions[i] = answer
 
     metrics = {"test_file": str(test_file), "num_examples": len(examples),
                "model": "base only" if args.base_only or not args.checkpoint else "base + prefix",

@@ -1,7 +1,7 @@
 """What evaluate and chat share: load base (+ prefix) with the training prompt format, generate and score.
 
 Shapes: prompts are lists of token ids of varying length; batches are left-padded to (B, L) with
-attention_mask (B, L). ``generate_batch`` returns the new tokens only; ``label_logprobs`` returns (B, K):
+attention_mask (B, L). ``generate_batch`` returns the decoded answers; ``label_logprobs`` returns (B, K):
 the summed log-probability of each of K candidate answers after each prompt.
 """
 
@@ -36,6 +36,25 @@ class InferenceSession:
     @property
     def device(self) -> torch.device:
         return self.base.get_input_embeddings().weight.device
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor):
+        """Logits for a left-padded batch; real tokens numbered from 0 with or without the prefix."""
+        if self.has_prefix:
+            return self.model(ids, attention_mask=mask)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask))
+
+    def generate(self, ids: torch.Tensor, mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+        """(B, L + new): generate() of the prefix model or of the bare base, with the tokenizer's pad/eos ids."""
+        tok = self.tokenizer
+        kwargs = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **generate_kwargs)
+        if self.has_prefix:
+            return self.model.generate(ids, attention_mask=mask, **kwargs)
+        return self.model.generate(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask), **kwargs)
+
+    def answer(self, generated_row: list[int]) -> str:
+        """Decoded answer: the generated tokens up to the first eos."""
+        tok = self.tokenizer
+        return tok.decode(answer_tokens(generated_row, tok.eos_token_id, tok.pad_token_id), skip_special_tokens=True).strip()
 
     def prompt_ids(self, query: str, history=()) -> list[int]:
         example = Example(query, "", tuple(history))
@@ -105,15 +124,11 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def generate_batch(session: InferenceSession, prompts: list[list[int]], **generate_kwargs) -> list[list[int]]:
-    tok = session.tokenizer
-    ids, mask = left_pad(prompts, tok.pad_token_id, session.device)
-    kwargs = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **generate_kwargs)
-    if session.has_prefix:
-        out = session.model.generate(ids, attention_mask=mask, **kwargs)
-    else:
-        out = session.model.generate(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask), **kwargs)
-    return [answer_tokens(row, tok.eos_token_id, tok.pad_token_id) for row in out[:, ids.shape[1]:].tolist()]
+def generate_batch(session: InferenceSession, prompts: list[list[int]], **generate_kwargs) -> list[str]:
+    """Decoded answers for a batch of prompts (left-padded together)."""
+    ids, mask = left_pad(prompts, session.tokenizer.pad_token_id, session.device)
+    out = session.generate(ids, mask, **generate_kwargs)
+    return [session.answer(row) for row in out[:, ids.shape[1]:].tolist()]
 
 
 def answer_tokens(row: list[int], eos_id: int, pad_id: int) -> list[int]:
@@ -128,11 +143,7 @@ def label_logprobs(session: InferenceSession, prompts: list[list[int]], candidat
     """(B, K): log p(candidate k | prompt b), summed over the candidate's tokens."""
     sequences = [p + c for p in prompts for c in candidates]
     ids, mask = left_pad(sequences, session.tokenizer.pad_token_id, session.device)
-    if session.has_prefix:
-        logits = session.model(ids, attention_mask=mask).logits
-    else:
-        logits = session.model(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask)).logits
-    logprobs = F.log_softmax(logits.float(), dim=-1)
+    logprobs = F.log_softmax(session.forward(ids, mask).logits.float(), dim=-1)
     scores = torch.empty(len(sequences))
     width = ids.shape[1]
     for row, seq in enumerate(sequences):
