@@ -11,6 +11,9 @@
 #   BATCH        examples per step                           [16]
 #   QUANT        4 or 8 to load the frozen base in int4/int8 [unset: full precision]
 #   OUTPUT_DIR   where checkpoints go                        [output/$TASK]
+#   NUM_GPUS     processes to train with (torchrun on 127.0.0.1, a free port; on a machine without GPUs
+#                they are CPU processes over gloo and --use_cpu is added)    [1: one plain process]
+#   DS_CONFIG    DeepSpeed config, e.g. ds_configs/zero3.json [ds_configs/zero2.json when NUM_GPUS > 1]
 # Extra arguments are passed to `python -m ptuning_v2.train` (any HF Seq2SeqTrainingArguments flag works).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
@@ -51,11 +54,24 @@ fi
 QUANT_ARGS=()
 if [ -n "$QUANT" ]; then QUANT_ARGS=(--quantization_bit "$QUANT" --gradient_checkpointing); fi
 
-exec "$PY" -m ptuning_v2.train \
+NUM_GPUS=${NUM_GPUS:-1}
+LAUNCH=("$PY")
+DS_ARGS=()
+if [ "$NUM_GPUS" -gt 1 ]; then DS_CONFIG=${DS_CONFIG:-ds_configs/zero2.json}; fi
+if [ -n "${DS_CONFIG:-}" ]; then
+    # DeepSpeed wants a launcher's environment even for one process.
+    PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    LAUNCH=("$PY" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" --master_addr 127.0.0.1 --master_port "$PORT")
+    DS_ARGS=(--deepspeed "$DS_CONFIG")
+    if [ "$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))')" = 0 ]; then DS_ARGS+=(--use_cpu); fi
+    echo "[train.sh] $NUM_GPUS process(es) with DeepSpeed config $DS_CONFIG"
+fi
+
+exec "${LAUNCH[@]}" -m ptuning_v2.train \
     --model_name_or_path "$MODEL" \
     --train_file "$TRAIN_FILE" --validation_file "$VALIDATION_FILE" --test_file "$TEST_FILE" \
     "${TASK_ARGS[@]}" \
     --pre_seq_len "$PRE_SEQ_LEN" --learning_rate "$LR" --max_steps "$STEPS" \
     --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --max_eval_samples 500 \
     --logging_steps 10 --save_steps 200 --save_total_limit 3 --report_to none --seed 42 \
-    --output_dir "$OUTPUT_DIR" "${QUANT_ARGS[@]}" "$@"
+    --output_dir "$OUTPUT_DIR" "${QUANT_ARGS[@]}" "${DS_ARGS[@]}" "$@"

@@ -36,6 +36,13 @@ class PrefixArguments:
     )
     # ChatGLM2/3 apply Dropout(0.1) to the prefix key/values; the same default here.
     prefix_dropout: float = field(default=0.1, metadata={"help": "Dropout on the prefix key/values while training."})
+    full_finetune: bool = field(
+        default=False,
+        metadata={"help": "Baseline for comparison (ChatGLM's ds_train_finetune.sh): train every weight of the base "
+                          "instead of a prefix and save it with save_pretrained. The prefix flags are ignored; "
+                          "--quantization_bit and --ptuning_checkpoint are refused. With --torch_dtype auto the "
+                          "weights load in fp32 (use --bf16/--fp16 for mixed precision)."},
+    )
 
 
 @dataclass

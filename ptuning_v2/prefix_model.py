@@ -58,8 +58,10 @@ def encoder_config_for(
 
 
 def parameter_numel(param: torch.Tensor) -> int:
-    # bitsandbytes packs two 4-bit weights per uint8 element; count the weights, not the bytes.
-    return param.numel() * 2 if getattr(param, "quant_state", None) is not None else param.numel()
+    # DeepSpeed ZeRO-3 partitions parameters (ds_numel is the full size); bitsandbytes packs two 4-bit weights
+    # per uint8 element. Count weights, not local elements or bytes.
+    numel = getattr(param, "ds_numel", param.numel())
+    return numel * 2 if getattr(param, "quant_state", None) is not None else numel
 
 
 def forward_with_prefix(

@@ -3,15 +3,22 @@
 Loads the frozen base (optionally int8/int4), wraps it in a PrefixModel, tokenizes the data, and runs the
 PrefixTrainer. Checkpoints go to ``--output_dir/checkpoint-N/``; the final prefix to ``--output_dir``. A run
 whose output_dir already holds checkpoints resumes from the newest one.
+
+``--full_finetune`` is the baseline to compare against: the base itself is trained by a stock Seq2SeqTrainer and
+saved with save_pretrained (no prefix). ``--deepspeed CONFIG`` works for both (see ds_configs/).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+
+import torch
 import transformers
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, Seq2SeqTrainer,
+                          Seq2SeqTrainingArguments, set_seed)
 from transformers.trainer_utils import get_last_checkpoint
 
 from ptuning_v2.arguments import DataArguments, ModelArguments, PrefixArguments
@@ -26,11 +33,54 @@ from ptuning_v2.trainer import PrefixTrainer
 logger = logging.getLogger("ptuning_v2.train")
 
 
+def skip_deepspeed_cpu_comm_op() -> None:
+    """Keep DeepSpeed on the CPU from JIT-compiling its shared-memory all-reduce op (about 50 s, with ninja).
+
+    DeepSpeed's communication backend builds that op when it starts, if the op is marked compatible. Only its
+    inference all-reduce uses it; training reduces through the gloo process group. DeepSpeed keeps the
+    compatibility table in one editable dict (``deepspeed.ops.__compatible_ops__``): marking the op incompatible
+    makes the backend skip it. On CUDA there is no such op and nothing changes.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
+def check_processes(training_args) -> None:
+    """Several processes (torchrun, the deepspeed launcher) must form one training run, not N separate ones.
+
+    On a machine without GPUs, accelerate forms the process group only with --use_cpu; without it every process
+    would silently train alone. With --use_cpu it starts a gloo group but not DeepSpeed's communication layer,
+    which ZeRO-3 needs before the model loads (zero.Init partitions the weights as they are read).
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:
+        raise SystemExit(f"error: launched as {launched} processes but the Trainer sees {training_args.world_size}; "
+                         "on a machine without GPUs add --use_cpu (train.sh does)")
+    if training_args.deepspeed and torch.distributed.is_initialized():
+        import deepspeed
+
+        if not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, PrefixArguments, DataArguments, Seq2SeqTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    json_file = os.path.abspath(argv[0]) if len(argv) == 1 and argv[0].endswith(".json") else None
+    if json_file:
+        with open(json_file, encoding="utf-8") as f:
+            uses_deepspeed = bool(json.load(f).get("deepspeed"))
+    else:
+        uses_deepspeed = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv)
+    if uses_deepspeed:
+        # Before the TrainingArguments are built: with a DeepSpeed config they start the process group.
+        skip_deepspeed_cpu_comm_op()
+    if json_file:
+        return parser.parse_json_file(json_file=json_file)
     return parser.parse_args_into_dataclasses(args=argv)
 
 
@@ -63,8 +113,11 @@ def tokenize_file(path, tokenizer, data_args: DataArguments, limit: int | None) 
 
 
 def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_args: DataArguments,
-                resume_checkpoint: str | None = None) -> PrefixModel:
-    """Base + prefix. A checkpoint to resume or continue from decides the prefix shape, not the flags."""
+                resume_checkpoint: str | None = None, device: torch.device | None = None) -> PrefixModel:
+    """Base + prefix. A checkpoint to resume or continue from decides the prefix shape, not the flags.
+
+    ``device``: this process's device (each rank's own GPU when several processes train).
+    """
     spec = BaseModelSpec(
         model_name_or_path=model_args.model_name_or_path,
         torch_dtype=model_args.torch_dtype,
@@ -73,7 +126,7 @@ def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_a
         double_quant=model_args.double_quant,
         trust_remote_code=model_args.trust_remote_code,
     )
-    base, spec = load_base_model(spec)
+    base, spec = load_base_model(spec, device)
     base.config.use_cache = False
     shape_source = resume_checkpoint or model_args.ptuning_checkpoint
     if shape_source:
@@ -90,6 +143,25 @@ def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_a
     return model
 
 
+def build_full_model(model_args: ModelArguments, device: torch.device | None = None):
+    """--full_finetune: the base model itself, every parameter trainable (the comparison baseline)."""
+    if model_args.quantization_bit:
+        raise SystemExit("error: --full_finetune trains the base's own weights and cannot load them quantized; "
+                         "drop --quantization_bit")
+    if model_args.ptuning_checkpoint:
+        raise SystemExit("error: --full_finetune trains no prefix; drop --ptuning_checkpoint")
+    # Trained weights need fp32 master copies: "auto" means fp32 here; --bf16/--fp16 add mixed precision.
+    dtype = "float32" if model_args.torch_dtype == "auto" else model_args.torch_dtype
+    base, _ = load_base_model(BaseModelSpec(model_args.model_name_or_path, torch_dtype=dtype,
+                                            trust_remote_code=model_args.trust_remote_code), device)
+    base.config.use_cache = False
+    base.requires_grad_(True)
+    # Under ZeRO-3 the weights are partitioned as they load; ds_numel is a parameter's full size.
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in base.parameters())
+    print(f"trainable params: {total:,} || all params: {total:,} || trainable%: 100.0000 (full fine-tuning)")
+    return base
+
+
 def main(argv=None) -> str:
     model_args, prefix_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
@@ -97,6 +169,7 @@ def main(argv=None) -> str:
     transformers.utils.logging.set_verbosity_warning()
     if not data_args.train_file:
         raise SystemExit("error: --train_file is required")
+    check_processes(training_args)
     set_seed(training_args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
@@ -113,9 +186,13 @@ def main(argv=None) -> str:
         resume = get_last_checkpoint(training_args.output_dir)
         if resume:
             print(f"resuming from {resume}")
-    model = build_model(model_args, prefix_args, data_args, resume)
+    if prefix_args.full_finetune:  # the baseline: the stock Trainer trains the base and saves it with save_pretrained
+        model, trainer_class = build_full_model(model_args, training_args.device), Seq2SeqTrainer
+    else:
+        model = build_model(model_args, prefix_args, data_args, resume, training_args.device)
+        trainer_class = PrefixTrainer
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    trainer = PrefixTrainer(
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=train_features,
@@ -137,7 +214,8 @@ def main(argv=None) -> str:
         if png:
             print(f"loss curve: {png}")
     if trainer.is_world_process_zero():
-        print(f"prefix checkpoint: {os.path.abspath(training_args.output_dir)}")
+        kind = "fine-tuned model" if prefix_args.full_finetune else "prefix checkpoint"
+        print(f"{kind}: {os.path.abspath(training_args.output_dir)}")
     return training_args.output_dir
 
 
