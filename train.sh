@@ -6,8 +6,9 @@
 #   TASK         sentiment | idiom | multiturn               [sentiment]
 #   TRAIN_FILE / VALIDATION_FILE / TEST_FILE                 [the TASK's files under data/generated/]
 #   PRE_SEQ_LEN  virtual tokens per layer                    [16]
-#   LR           learning rate                               [2e-2, as ChatGLM-6B's ptuning]
-#   STEPS        optimizer steps                             [600]
+#   PROJECTION   1: reparameterize the prefix with an MLP (--prefix_projection); 0: plain embedding   [1]
+#   LR           learning rate                               [3e-2]
+#   STEPS        optimizer steps                             [300]
 #   BATCH        examples per step                           [16]
 #   QUANT        4 or 8 to load the frozen base in int4/int8 [unset: full precision]
 #   OUTPUT_DIR   where checkpoints go                        [output/$TASK]
@@ -22,8 +23,9 @@ cd "$ROOT"
 MODEL=${MODEL:-data/base_model}
 TASK=${TASK:-sentiment}
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-16}
-LR=${LR:-2e-2}
-STEPS=${STEPS:-600}
+PROJECTION=${PROJECTION:-1}
+LR=${LR:-3e-2}
+STEPS=${STEPS:-300}
 BATCH=${BATCH:-16}
 QUANT=${QUANT:-}
 OUTPUT_DIR=${OUTPUT_DIR:-output/$TASK}
@@ -32,7 +34,7 @@ DATA=data/generated
 case "$TASK" in
   sentiment)
     TASK_ARGS=(--prompt_column text --response_column label --prompt_template instruction
-               --source_prefix "判断这条评论的情感是积极还是消极：" --max_source_length 128 --max_target_length 4) ;;
+               --source_prefix "判断这条评论的情感是积极还是消极：" --max_source_length 96 --max_target_length 4) ;;
   idiom)
     TASK_ARGS=(--prompt_column content --response_column summary --prompt_template chatglm
                --max_source_length 96 --max_target_length 64) ;;
@@ -51,6 +53,8 @@ if [ ! -f "$DATA/$TASK/train.jsonl" ] && [[ "$TRAIN_FILE" == "$DATA/"* ]]; then
     "$PY" data/prepare_data.py --out "$DATA"
 fi
 
+PREFIX_ARGS=()
+if [ "$PROJECTION" = 1 ]; then PREFIX_ARGS=(--prefix_projection); fi
 QUANT_ARGS=()
 if [ -n "$QUANT" ]; then QUANT_ARGS=(--quantization_bit "$QUANT" --gradient_checkpointing); fi
 
@@ -71,7 +75,7 @@ exec "${LAUNCH[@]}" -m ptuning_v2.train \
     --model_name_or_path "$MODEL" \
     --train_file "$TRAIN_FILE" --validation_file "$VALIDATION_FILE" --test_file "$TEST_FILE" \
     "${TASK_ARGS[@]}" \
-    --pre_seq_len "$PRE_SEQ_LEN" --learning_rate "$LR" --max_steps "$STEPS" \
+    --pre_seq_len "$PRE_SEQ_LEN" "${PREFIX_ARGS[@]}" --learning_rate "$LR" --max_steps "$STEPS" \
     --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --max_eval_samples 500 \
-    --logging_steps 10 --save_steps 200 --save_total_limit 3 --report_to none --seed 42 \
+    --logging_steps 10 --save_steps 100 --save_total_limit 3 --report_to none --seed 42 \
     --output_dir "$OUTPUT_DIR" "${QUANT_ARGS[@]}" "${DS_ARGS[@]}" "$@"
