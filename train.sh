@@ -46,12 +46,12 @@ esac
 TRAIN_FILE=${TRAIN_FILE:-$DATA/$TASK/train.jsonl}
 VALIDATION_FILE=${VALIDATION_FILE:-$DATA/$TASK/dev.jsonl}
 TEST_FILE=${TEST_FILE:-$DATA/$TASK/test.jsonl}
-[ -f "$TEST_FILE" ] || TEST_FILE=$VALIDATION_FILE
 
 if [ ! -f "$DATA/$TASK/train.jsonl" ] && [[ "$TRAIN_FILE" == "$DATA/"* ]]; then
     echo "[train.sh] preparing the Chinese data sets under $DATA"
     "$PY" data/prepare_data.py --out "$DATA"
 fi
+[ -f "$TEST_FILE" ] || TEST_FILE=$VALIDATION_FILE   # multiturn has no test split
 
 PREFIX_ARGS=()
 if [ "$PROJECTION" = 1 ]; then PREFIX_ARGS=(--prefix_projection); fi
