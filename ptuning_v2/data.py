@@ -144,7 +144,7 @@ def load_examples(path: str | Path, columns: Columns, require_response: bool = T
 def encode_source(tokenizer, prompt: str, max_source_length: int) -> list[int]:
     """[bos] + the prompt's ids, keeping the prompt's end when it is too long."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    ids = tokenizer.encode(prompt, add_special_tokens=False, verbose=False)  # long prompts are cut below
     budget = max(max_source_length - len(bos), 1)
     return bos + ids[-budget:]
 
@@ -155,7 +155,7 @@ def build_training_features(
 ) -> dict[str, list[int]]:
     prompt = template.build_prompt(example.query, list(example.history), source_prefix)
     source = encode_source(tokenizer, prompt, max_source_length)
-    target = tokenizer.encode(example.response, add_special_tokens=False)[:max_target_length]
+    target = tokenizer.encode(example.response, add_special_tokens=False, verbose=False)[:max_target_length]
     target = target + [tokenizer.eos_token_id]
     return {
         "input_ids": source + target,

@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
             predictions[i] = answer
 
     metrics = {"test_file": str(test_file), "num_examples": len(examples),
-               "model": "base only" if args.base_only or not args.checkpoint else "base + prefix",
+               "model": "base + prefix" if session.has_prefix else "base model, no prefix",
                **generation_metrics(predictions, references), "accuracy": accuracy(predictions, references)}
     labels = args.label_words.split(",") if args.label_words else detect_labels(references)
     if labels:

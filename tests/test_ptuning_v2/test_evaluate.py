@@ -20,7 +20,7 @@ def test_evaluate_writes_predictions_and_metrics(tiny_checkpoint, tmp_path):
     assert round(saved["label_scoring_accuracy"] * 6 / 100, 3) == round(saved["label_scoring_accuracy"] * 6 / 100)
 
     base = evaluate.main(["--checkpoint", str(tiny_checkpoint), "--base_only", "--output_dir", str(tmp_path / "b")])
-    assert base["model"] == "base only"
+    assert base["model"] == "base model, no prefix"
 
 
 def test_label_scores_equal_a_direct_computation(tiny_checkpoint):
