@@ -3,12 +3,13 @@
 #
 # Environment variables (defaults in brackets):
 #   MODEL        base model directory                       [data/base_model]
-#   TASK         sentiment | idiom | multiturn               [sentiment]
+#   TASK         sentiment | idiom | multiturn               [sentiment; none when TRAIN_FILE is given]
 #   TRAIN_FILE / VALIDATION_FILE / TEST_FILE                 [the TASK's files under data/generated/]
+#                with TRAIN_FILE and no TASK, no task preset applies: pass the column/template flags yourself
 #   PRE_SEQ_LEN  virtual tokens per layer                    [16]
 #   PROJECTION   1: reparameterize the prefix with an MLP (--prefix_projection); 0: plain embedding   [1]
 #   LR           learning rate                               [3e-2]
-#   STEPS        optimizer steps                             [300]
+#   STEPS        optimizer steps                             [1200: about 7 minutes on 2 cores]
 #   BATCH        examples per step                           [16]
 #   QUANT        4 or 8 to load the frozen base in int4/int8 [unset: full precision]
 #   OUTPUT_DIR   where checkpoints go                        [output/$TASK]
@@ -21,11 +22,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
 
 MODEL=${MODEL:-data/base_model}
+if [ -n "${TRAIN_FILE:-}" ] && [ -z "${TASK:-}" ]; then TASK=custom; fi
 TASK=${TASK:-sentiment}
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-16}
 PROJECTION=${PROJECTION:-1}
 LR=${LR:-3e-2}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-1200}
 BATCH=${BATCH:-16}
 QUANT=${QUANT:-}
 OUTPUT_DIR=${OUTPUT_DIR:-output/$TASK}
@@ -41,17 +43,23 @@ case "$TASK" in
   multiturn)
     TASK_ARGS=(--prompt_column prompt --response_column response --history_column history
                --prompt_template chatglm --max_source_length 192 --max_target_length 64) ;;
+  custom) TASK_ARGS=() ;;
   *) echo "TASK must be sentiment, idiom or multiturn (or set TRAIN_FILE and pass column flags)" >&2; exit 2 ;;
 esac
 TRAIN_FILE=${TRAIN_FILE:-$DATA/$TASK/train.jsonl}
-VALIDATION_FILE=${VALIDATION_FILE:-$DATA/$TASK/dev.jsonl}
-TEST_FILE=${TEST_FILE:-$DATA/$TASK/test.jsonl}
+if [ "$TASK" != custom ]; then
+    VALIDATION_FILE=${VALIDATION_FILE:-$DATA/$TASK/dev.jsonl}
+    TEST_FILE=${TEST_FILE:-$DATA/$TASK/test.jsonl}
+fi
 
 if [ ! -f "$DATA/$TASK/train.jsonl" ] && [[ "$TRAIN_FILE" == "$DATA/"* ]]; then
     echo "[train.sh] preparing the Chinese data sets under $DATA"
     "$PY" data/prepare_data.py --out "$DATA"
 fi
-[ -f "$TEST_FILE" ] || TEST_FILE=$VALIDATION_FILE   # multiturn has no test split
+[ -f "${TEST_FILE:-}" ] || TEST_FILE=${VALIDATION_FILE:-}   # multiturn has no test split
+DATA_ARGS=(--train_file "$TRAIN_FILE")
+[ -n "${VALIDATION_FILE:-}" ] && DATA_ARGS+=(--validation_file "$VALIDATION_FILE")
+[ -n "${TEST_FILE:-}" ] && DATA_ARGS+=(--test_file "$TEST_FILE")
 
 PREFIX_ARGS=()
 if [ "$PROJECTION" = 1 ]; then PREFIX_ARGS=(--prefix_projection); fi
@@ -73,7 +81,7 @@ fi
 
 exec "${LAUNCH[@]}" -m ptuning_v2.train \
     --model_name_or_path "$MODEL" \
-    --train_file "$TRAIN_FILE" --validation_file "$VALIDATION_FILE" --test_file "$TEST_FILE" \
+    "${DATA_ARGS[@]}" \
     "${TASK_ARGS[@]}" \
     --pre_seq_len "$PRE_SEQ_LEN" "${PREFIX_ARGS[@]}" --learning_rate "$LR" --max_steps "$STEPS" \
     --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --max_eval_samples 500 \

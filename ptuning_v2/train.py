@@ -170,6 +170,13 @@ def main(argv=None) -> str:
     if not data_args.train_file:
         raise SystemExit("error: --train_file is required")
     check_processes(training_args)
+    argv = sys.argv[1:] if argv is None else argv
+    if model_args.quantization_bit and not any(
+        a.startswith(("--gradient_checkpointing", "--activation_checkpointing")) for a in argv
+    ):
+        # As in ChatGLM's recipe: a quantized base is for small GPUs, so checkpointing is on unless asked otherwise.
+        training_args.activation_checkpointing = True
+        print("gradient checkpointing: on (quantized base; pass --gradient_checkpointing False to turn it off)")
     set_seed(training_args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,

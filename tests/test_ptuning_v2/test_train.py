@@ -93,3 +93,25 @@ def test_bad_data_line_fails_with_file_and_line(tiny_base_dir, tmp_path):
     assert result.returncode != 0
     assert f"{bad}, line 2: field 'summary' is missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_quantized_training_turns_checkpointing_on_and_records_it(tiny_base_dir, data_file, tmp_path):
+    out = tmp_path / "int4"
+    cmd_extra = ["--quantization_bit", "4"]
+    log = run_train_plain(tiny_base_dir, data_file, out, cmd_extra)
+    assert "gradient checkpointing: on" in log
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert config["base_model"]["quantization_bit"] == 4 and config["base_model"]["quant_type"] == "nf4"
+    trainer_log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("loss" in e for e in trainer_log)
+
+
+def run_train_plain(base_dir, data_file, output_dir, extra):
+    """A 2-step run without --gradient_checkpointing on the command line."""
+    cmd = [sys.executable, "-m", "ptuning_v2.train", "--model_name_or_path", str(base_dir),
+           "--train_file", str(data_file), "--prompt_template", "plain", "--pre_seq_len", "2",
+           "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "4",
+           "--logging_steps", "1", "--use_cpu", "--report_to", "none", *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
