@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -67,11 +66,7 @@ def main(argv=None) -> dict:
     quant = "recorded" if args.quantization_bit is None else args.quantization_bit
     session = load_session(args.checkpoint, args.model_name_or_path, args.base_only, quant,
                            args.prompt_template, args.source_prefix)
-    recorded = {}
-    if args.checkpoint:
-        from ptuning_v2.checkpoint import read_checkpoint_config
-
-        recorded = read_checkpoint_config(args.checkpoint).get("prompt") or {}
+    recorded = session.recorded or {}
     cols = recorded.get("columns", {})
     columns = Columns(prompt=args.prompt_column or cols.get("prompt", "content"),
                       response=args.response_column or cols.get("response", "summary"),

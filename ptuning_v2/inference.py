@@ -24,6 +24,7 @@ class InferenceSession:
     template: PromptTemplate
     source_prefix: str = ""
     max_source_length: int = 1024
+    recorded: dict | None = None    # the checkpoint's prompt/data settings (columns, test file, lengths)
 
     @property
     def has_prefix(self) -> bool:
@@ -110,6 +111,7 @@ def load_session(
         template=template,
         source_prefix=prompt.get("source_prefix", "") if source_prefix is None else source_prefix,
         max_source_length=max_source_length or prompt.get("max_source_length", 1024),
+        recorded=prompt,
     )
 
 
