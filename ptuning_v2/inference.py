@@ -7,6 +7,7 @@ the summed log-probability of each of K candidate answers after each prompt.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -38,11 +39,14 @@ class InferenceSession:
     def device(self) -> torch.device:
         return self.base.get_input_embeddings().weight.device
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor):
-        """Logits for a left-padded batch; real tokens numbered from 0 with or without the prefix."""
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, **kwargs):
+        """Logits for a left-padded batch; real tokens numbered from 0 with or without the prefix.
+
+        ``kwargs`` go to the base model's forward (e.g. ``logits_to_keep``).
+        """
         if self.has_prefix:
-            return self.model(ids, attention_mask=mask)
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask))
+            return self.model(ids, attention_mask=mask, **kwargs)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask), **kwargs)
 
     def generate(self, ids: torch.Tensor, mask: torch.Tensor, **generate_kwargs) -> torch.Tensor:
         """(B, L + new): generate() of the prefix model or of the bare base, with the tokenizer's pad/eos ids."""
@@ -140,17 +144,84 @@ def answer_tokens(row: list[int], eos_id: int, pad_id: int) -> list[int]:
     return [t for t in row if t != pad_id]
 
 
+def continuation_contexts(candidates: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The fewest token runs to append to a prompt so that one forward scores every candidate.
+
+    Candidate c needs the logits after prompt + c[:-1] (c[j] is predicted at the position of c[j-1], c[0] at
+    the prompt's last token). A context serves every candidate whose c[:-1] it starts with, so only the
+    contexts that no other context extends are kept. Returns (contexts, owner): owner[k] is the index of the
+    context that scores candidate k. All one-token candidates (or 积极 / 消极 with 消极 two tokens) need one
+    context: [] or [消]. Candidates that share a first token share the prompt's last-position row.
+    """
+    needed = sorted({tuple(c[:-1]) for c in candidates}, key=len, reverse=True) or [()]
+    contexts: list[tuple[int, ...]] = []
+    for ctx in needed:  # longest first: a context that a kept one extends is dropped
+        if not any(kept[: len(ctx)] == ctx for kept in contexts):
+            contexts.append(ctx)
+    owner = [next(i for i, ctx in enumerate(contexts) if ctx[: max(len(c) - 1, 0)] == tuple(c[:-1]))
+             for c in candidates]
+    return [list(ctx) for ctx in contexts], owner
+
+
+def _keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the base model's forward can compute logits for the last positions only (``logits_to_keep``)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @torch.no_grad()
 def label_logprobs(session: InferenceSession, prompts: list[list[int]], candidates: list[list[int]]) -> torch.Tensor:
-    """(B, K): log p(candidate k | prompt b), summed over the candidate's tokens."""
-    sequences = [p + c for p in prompts for c in candidates]
-    ids, mask = left_pad(sequences, session.tokenizer.pad_token_id, session.device)
-    logprobs = F.log_softmax(session.forward(ids, mask).logits.float(), dim=-1)
-    scores = torch.empty(len(sequences))
-    width = ids.shape[1]
-    for row, seq in enumerate(sequences):
-        cand = candidates[row % len(candidates)]
-        # Token at position t is predicted by the logits at t - 1; the candidate occupies the last len(cand) slots.
-        positions = torch.arange(width - len(cand), width)
-        scores[row] = logprobs[row, positions - 1, ids[row, positions]].sum()
-    return scores.view(len(prompts), len(candidates))
+    """(B, K) float32 on the CPU: log p(candidate k | prompt b), summed over the candidate's tokens.
+
+    One model forward per call, with no copy of a prompt per one-token candidate:
+      * contexts = ``continuation_contexts(candidates)``: C token runs (C = 1 when every candidate has one
+        token, context []; also C = 1 for 积极 (1 token) + 消极 (2 tokens), context [消]).
+      * rows = prompt b + context i, for b < B, i < C, left-padded together: ids, mask (B*C, W), run once
+        through ``session.forward`` (the prefix model or the bare base, real tokens numbered from 0).
+      * T = 1 + longest context. Left padding puts every row's prompt end and context in its last T positions,
+        so only the last T positions' logits are computed (``logits_to_keep=T`` where the base supports it):
+        (B*C, T, V).
+      * from those, only the positions that predict a candidate token are gathered, (N, V) with
+        N = B * sum_i (len(context_i) + 1), and only they get a log_softmax; candidate tokens are gathered from
+        it and summed into (B, K). With one-token candidates this is the last position only: (B, V).
+    Never a (B, L, V) log_softmax. The prompts are not re-run for the later tokens of a candidate; they are run
+    once per context (once in the cases above). The cache is not reused across forwards: the prefix model's
+    cache is read-only, so a second forward would run the prompt again anyway.
+
+    Works under ``torch.no_grad`` and leaves the model's train/eval mode alone (callers put it in eval mode;
+    a prefix encoder with dropout in train mode would make the scores random).
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("label_logprobs needs a non-empty prompt: the first candidate token is predicted by its last token")
+    B, K = len(prompts), len(candidates)
+    if B == 0 or K == 0:
+        return torch.zeros(B, K)
+    contexts, owner = continuation_contexts(candidates)
+    C = len(contexts)
+    ids, mask = left_pad([p + ctx for p in prompts for ctx in contexts], session.tokenizer.pad_token_id, session.device)
+    T = 1 + max(len(ctx) for ctx in contexts)
+    kwargs = {"logits_to_keep": T} if _keeps_logits(session.base) else {}
+    logits = session.forward(ids, mask, **kwargs).logits[:, -T:]                      # (B*C, T, V)
+
+    # Relative to the last T positions, context i's prompt end is at T-1-len(ctx_i) and c[j] is predicted at
+    # T-1-len(ctx_i)+j. Keep exactly those positions of each row: (N, V).
+    starts = torch.tensor([T - 1 - len(contexts[r % C]) for r in range(B * C)])
+    keep = torch.arange(T).unsqueeze(0) >= starts.unsqueeze(1)                         # (B*C, T)
+    flat = torch.full((B * C, T), -1, dtype=torch.long)
+    flat[keep] = torch.arange(int(keep.sum()))
+    logprobs = F.log_softmax(logits[keep.to(logits.device)].float(), dim=-1)           # (N, V)
+
+    rows, tokens, target = [], [], []
+    for b in range(B):
+        for k, cand in enumerate(candidates):
+            r = b * C + owner[k]
+            for j, token in enumerate(cand):
+                rows.append(int(flat[r, starts[r] + j]))
+                tokens.append(token)
+                target.append(b * K + k)
+    picked = logprobs[torch.tensor(rows, dtype=torch.long, device=logprobs.device),
+                      torch.tensor(tokens, dtype=torch.long, device=logprobs.device)].cpu()
+    scores = torch.zeros(B * K).index_add_(0, torch.tensor(target, dtype=torch.long), picked)
+    return scores.view(B, K)
