@@ -36,6 +36,12 @@ class PrefixArguments:
     )
     # ChatGLM2/3 apply Dropout(0.1) to the prefix key/values; the same default here.
     prefix_dropout: float = field(default=0.1, metadata={"help": "Dropout on the prefix key/values while training."})
+    prefix_init_text: str | None = field(
+        default=None,
+        metadata={"help": "Start the prefix from the base model's own per-layer keys/values of this text (repeated or "
+                          "cut to pre_seq_len tokens) instead of at random; e.g. the task instruction. With "
+                          "--prefix_projection the MLP's output layer is solved so it emits the same prefix."},
+    )
     full_finetune: bool = field(
         default=False,
         metadata={"help": "Baseline for comparison (ChatGLM's ds_train_finetune.sh): train every weight of the base "
@@ -48,7 +54,9 @@ class PrefixArguments:
 @dataclass
 class DataArguments:
     train_file: str | None = field(default=None, metadata={"help": "Training data, JSON lines."})
-    validation_file: str | None = field(default=None, metadata={"help": "Validation data, JSON lines (loss is reported)."})
+    validation_file: str | None = field(default=None, metadata={
+        "help": "Validation data, JSON lines: evaluated every --eval_steps (default: --save_steps), and the best "
+                "checkpoint (label-scoring accuracy for classification, loss otherwise) becomes the final prefix."})
     test_file: str | None = field(default=None, metadata={"help": "Test data, JSON lines (used by evaluate)."})
     prompt_column: str = field(default="content", metadata={"help": "Field holding the question / input text."})
     response_column: str = field(default="summary", metadata={"help": "Field holding the answer / label word."})
@@ -60,4 +68,10 @@ class DataArguments:
     max_target_length: int = field(default=128, metadata={"help": "Max answer tokens (longer answers keep their start)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
+    label_words: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated answers of a classification task (e.g. 积极,消极): validation is scored "
+                          "as accuracy by comparing their log-likelihoods. Default: detected from the validation "
+                          "answers (at most 8 distinct short ones)."},
+    )
     plot_loss: bool = field(default=True, metadata={"help": "Write loss_curve.png into the output directory."})

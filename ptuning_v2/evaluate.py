@@ -20,10 +20,7 @@ from tqdm.auto import tqdm
 from ptuning_v2.cli import run
 from ptuning_v2.data import Columns, load_examples
 from ptuning_v2.inference import generate_batch, label_logprobs, load_session
-from ptuning_v2.metrics import accuracy, generation_metrics
-
-MAX_LABELS = 8  # a reference set with at most this many distinct short answers is treated as classification
-
+from ptuning_v2.metrics import accuracy, classification_labels, generation_metrics
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,13 +42,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--output_dir", help="default: CHECKPOINT/eval (or CHECKPOINT/eval-base-only)")
     return p.parse_args(argv)
-
-
-def detect_labels(references: list[str]) -> list[str] | None:
-    distinct = sorted(set(references))
-    if 1 < len(distinct) <= MAX_LABELS and all(len(r) <= 8 for r in distinct) and len(references) >= 2 * len(distinct):
-        return distinct
-    return None
 
 
 def batches(items, size):
@@ -96,7 +86,7 @@ def main(argv=None) -> dict:
     metrics = {"test_file": str(test_file), "num_examples": len(examples),
                "model": "base + prefix" if session.has_prefix else "base model, no prefix",
                **generation_metrics(predictions, references), "accuracy": accuracy(predictions, references)}
-    labels = args.label_words.split(",") if args.label_words else detect_labels(references)
+    labels = args.label_words.split(",") if args.label_words else classification_labels(references)
     if labels:
         candidates = [tok.encode(label, add_special_tokens=False) for label in labels]
         chosen = []

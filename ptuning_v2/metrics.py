@@ -3,6 +3,7 @@
   * ROUGE-1/2/L: F1 over jieba words (rouge-chinese), x100, averaged over examples.
   * BLEU-4: over characters, nltk sentence_bleu with smoothing method 3, x100, averaged.
   * accuracy: exact match after stripping whitespace, x100.
+  * classification_labels: the label set of a classification task, detected from its answers.
 An empty prediction scores 0 (rouge-chinese itself raises on an empty hypothesis).
 """
 
@@ -16,6 +17,8 @@ from rouge_chinese import Rouge
 
 jieba.setLogLevel(logging.WARNING)
 ROUGE_KEYS = ("rouge-1", "rouge-2", "rouge-l")
+MAX_LABELS = 8         # at most this many distinct answers make a classification task
+MAX_LABEL_CHARS = 8    # ... each at most this long (label words, not sentences)
 
 
 def words(text: str) -> list[str]:
@@ -51,3 +54,12 @@ def accuracy(predictions: list[str], references: list[str]) -> float:
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"need equally many predictions and references, got {len(predictions)} and {len(references)}")
     return round(100 * sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(references), 4)
+
+
+def classification_labels(references: list[str]) -> list[str] | None:
+    """The sorted distinct answers if they look like a label set (2..8 short words, each seen twice on average)."""
+    distinct = sorted(set(references))
+    if (1 < len(distinct) <= MAX_LABELS and all(len(r) <= MAX_LABEL_CHARS for r in distinct)
+            and len(references) >= 2 * len(distinct)):
+        return distinct
+    return None

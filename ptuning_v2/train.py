@@ -19,16 +19,18 @@ import torch
 import transformers
 from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, Seq2SeqTrainer,
                           Seq2SeqTrainingArguments, set_seed)
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
 from ptuning_v2.arguments import DataArguments, ModelArguments, PrefixArguments
 from ptuning_v2.cli import run
 from ptuning_v2.checkpoint import encoder_config_from, load_prefix_weights, read_checkpoint_config
-from ptuning_v2.data import Columns, build_training_features, get_template, load_examples
+from ptuning_v2.data import Columns, build_prompt_features, build_training_features, get_template, load_examples
+from ptuning_v2.metrics import classification_labels
 from ptuning_v2.plotting import plot_loss
+from ptuning_v2.prefix_init import initialize_prefix_from_text
 from ptuning_v2.prefix_model import PrefixModel, encoder_config_for
 from ptuning_v2.quantization import BaseModelSpec, load_base_model
-from ptuning_v2.trainer import PrefixTrainer
+from ptuning_v2.trainer import LabelScoring, PrefixTrainer, ScoredSeq2SeqTrainer
 
 logger = logging.getLogger("ptuning_v2.train")
 
@@ -102,8 +104,7 @@ def columns_from(data_args: DataArguments) -> Columns:
                    history=data_args.history_column, input=data_args.input_column)
 
 
-def tokenize_file(path, tokenizer, data_args: DataArguments, limit: int | None) -> list[dict]:
-    examples = load_examples(path, columns_from(data_args))[:limit]
+def tokenize_examples(examples, tokenizer, data_args: DataArguments) -> list[dict]:
     template = get_template(data_args.prompt_template)
     return [
         build_training_features(ex, tokenizer, template, data_args.max_source_length, data_args.max_target_length,
@@ -112,7 +113,40 @@ def tokenize_file(path, tokenizer, data_args: DataArguments, limit: int | None) 
     ]
 
 
-def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_args: DataArguments,
+def label_scoring_for(examples, tokenizer, data_args: DataArguments, batch_size: int) -> LabelScoring | None:
+    """Validation by label scoring when the answers are a label set (--label_words, or detected); else None."""
+    references = [ex.response for ex in examples]
+    labels = data_args.label_words.split(",") if data_args.label_words else classification_labels(references)
+    if not labels:
+        return None
+    unknown = sorted(set(references) - set(labels))
+    if unknown:
+        raise SystemExit(f"error: {data_args.validation_file} has answers outside --label_words: {', '.join(unknown[:5])}")
+    template = get_template(data_args.prompt_template)
+    prompts = [build_prompt_features(ex, tokenizer, template, data_args.max_source_length,
+                                     data_args.source_prefix)["input_ids"] for ex in examples]
+    candidates = [tokenizer.encode(label, add_special_tokens=False) for label in labels]
+    print(f"validation: accuracy by label scoring over {', '.join(labels)}")
+    return LabelScoring(tokenizer, prompts, candidates, [labels.index(r) for r in references], batch_size)
+
+
+def evaluate_during_training(training_args, argv: list[str], classification: bool) -> None:
+    """Evaluate at every checkpoint and keep the best as the final model, unless the user chose otherwise.
+
+    Set on the parsed arguments (not as flags) because the metric depends on the validation data: accuracy by
+    label scoring for classification, loss otherwise. eval_steps = save_steps so every checkpoint has a score.
+    """
+    if any(a.startswith(("--eval_strategy", "--evaluation_strategy")) for a in argv):
+        return
+    training_args.eval_strategy = IntervalStrategy.STEPS
+    training_args.do_eval = True
+    training_args.eval_steps = training_args.save_steps
+    training_args.load_best_model_at_end = True
+    training_args.metric_for_best_model = "accuracy" if classification else "loss"
+    training_args.greater_is_better = classification
+
+
+def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_args: DataArguments, tokenizer,
                 resume_checkpoint: str | None = None, device: torch.device | None = None) -> PrefixModel:
     """Base + prefix. A checkpoint to resume or continue from decides the prefix shape, not the flags.
 
@@ -138,6 +172,10 @@ def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_a
     model = PrefixModel(base, encoder_config, base_spec=spec, prompt_settings=prompt_settings(data_args))
     if model_args.ptuning_checkpoint:
         load_prefix_weights(model, model_args.ptuning_checkpoint)
+    elif prefix_args.prefix_init_text and not resume_checkpoint:
+        ids = initialize_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text)
+        print(f"prefix initialized from the base's keys/values of {len(ids)} tokens: "
+              f"{tokenizer.decode(ids)!r}")
     trainable, total = model.count_parameters()
     print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
     return model
@@ -183,9 +221,16 @@ def main(argv=None) -> str:
                                               trust_remote_code=model_args.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_features = tokenize_file(data_args.train_file, tokenizer, data_args, data_args.max_train_samples)
-    eval_features = (tokenize_file(data_args.validation_file, tokenizer, data_args, data_args.max_eval_samples)
-                     if data_args.validation_file else None)
+    columns = columns_from(data_args)
+    train_features = tokenize_examples(load_examples(data_args.train_file, columns)[:data_args.max_train_samples],
+                                       tokenizer, data_args)
+    eval_features = label_scoring = None
+    if data_args.validation_file:
+        eval_examples = load_examples(data_args.validation_file, columns)[:data_args.max_eval_samples]
+        eval_features = tokenize_examples(eval_examples, tokenizer, data_args)
+        label_scoring = label_scoring_for(eval_examples, tokenizer, data_args,
+                                          training_args.per_device_eval_batch_size)
+        evaluate_during_training(training_args, argv, classification=label_scoring is not None)
     print(f"train examples: {len(train_features)}" + (f", validation examples: {len(eval_features)}" if eval_features else ""))
 
     resume = training_args.resume_from_checkpoint
@@ -194,9 +239,9 @@ def main(argv=None) -> str:
         if resume:
             print(f"resuming from {resume}")
     if prefix_args.full_finetune:  # the baseline: the stock Trainer trains the base and saves it with save_pretrained
-        model, trainer_class = build_full_model(model_args, training_args.device), Seq2SeqTrainer
+        model, trainer_class = build_full_model(model_args, training_args.device), ScoredSeq2SeqTrainer
     else:
-        model = build_model(model_args, prefix_args, data_args, resume, training_args.device)
+        model = build_model(model_args, prefix_args, data_args, tokenizer, resume, training_args.device)
         trainer_class = PrefixTrainer
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = trainer_class(
@@ -206,8 +251,12 @@ def main(argv=None) -> str:
         eval_dataset=eval_features,
         data_collator=collator,
         processing_class=tokenizer,
+        label_scoring=label_scoring,
     )
     result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.state.best_model_checkpoint and training_args.load_best_model_at_end:
+        print(f"best checkpoint: {trainer.state.best_model_checkpoint} "
+              f"(eval_{training_args.metric_for_best_model} {trainer.state.best_metric}); it is the final model")
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -217,7 +266,8 @@ def main(argv=None) -> str:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     if data_args.plot_loss and trainer.is_world_process_zero():
-        png = plot_loss(trainer.state.log_history, os.path.join(training_args.output_dir, "loss_curve.png"))
+        png = plot_loss(trainer.state.log_history, os.path.join(training_args.output_dir, "loss_curve.png"),
+                        best_step=trainer.state.best_global_step if training_args.load_best_model_at_end else None)
         if png:
             print(f"loss curve: {png}")
     if trainer.is_world_process_zero():

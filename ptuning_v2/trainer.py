@@ -8,12 +8,17 @@ Under DeepSpeed the resume files are DeepSpeed's own checkpoint (``global_stepN/
 base (``exclude_frozen_parameters``: the base is read from its own directory, never copied into checkpoints) and
 read back non-strictly for the same reason. Under ZeRO-3 the prefix is partitioned across processes; it is
 gathered whole before it is saved, which every process must join.
+
+Evaluation during training: the stock loop reports ``eval_loss``; for a classification task a ``LabelScoring``
+adds ``eval_accuracy`` (the label word with the highest log-likelihood after each validation prompt; one forward
+per prompt, no generation), so ``metric_for_best_model="accuracy"`` keeps the best checkpoint by it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 from transformers import Seq2SeqTrainer
@@ -21,11 +26,66 @@ from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer import SCHEDULER_NAME
 
 from ptuning_v2.checkpoint import load_prefix_weights, save_prefix_checkpoint
+from ptuning_v2.inference import InferenceSession, label_logprobs
 
 
-class PrefixTrainer(Seq2SeqTrainer):
+@dataclass
+class LabelScoring:
+    """Validation prompts of a classification task and the index of each one's right label.
+
+    prompts: token ids per example (the source only, formatted as in training); candidates: token ids of each of
+    the K label words; answers: for each prompt, the index (0..K-1) of its label.
+    """
+
+    tokenizer: object
+    prompts: list[list[int]]
+    candidates: list[list[int]]
+    answers: list[int]
+    batch_size: int = 64
+
+    @torch.no_grad()
+    def accuracy(self, model) -> float:
+        """Percentage of prompts whose right label scores highest; leaves the model's train/eval mode as it was."""
+        was_training = model.training
+        model.eval()
+        session = InferenceSession(model=model, tokenizer=self.tokenizer, template=None)
+        # Similar lengths together waste less padding; the order does not change the count.
+        order = sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i]))
+        correct = 0
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            picked = label_logprobs(session, [self.prompts[i] for i in chunk], self.candidates).argmax(-1)
+            correct += sum(int(k) == self.answers[i] for i, k in zip(chunk, picked.tolist()))
+        model.train(was_training)
+        return round(100 * correct / len(self.prompts), 4)
+
+
+class ScoredEvaluation:
+    """Trainer mixin: the stock evaluation loop plus label-scoring accuracy (``label_scoring=``, optional)."""
+
+    def __init__(self, *args, label_scoring: LabelScoring | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_scoring = label_scoring
+
     def _prefix_model(self):
+        """The model without DDP/DeepSpeed wrappers: a PrefixModel, or the base itself under --full_finetune."""
         return self.accelerator.unwrap_model(self.model)
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The stock loop (eval_loss), plus ``<prefix>_accuracy`` by label scoring for a classification task."""
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        if self.label_scoring is not None and prefix.startswith("eval"):  # not predict()'s "test" on other data
+            output.metrics[f"{prefix}_accuracy"] = self.label_scoring.accuracy(self._prefix_model())
+        return output
+
+
+class ScoredSeq2SeqTrainer(ScoredEvaluation, Seq2SeqTrainer):
+    """The stock trainer with label-scoring evaluation: the --full_finetune baseline."""
+
+
+class PrefixTrainer(ScoredEvaluation, Seq2SeqTrainer):
+    """Saves and restores only the prefix (and DeepSpeed state without the frozen base)."""
 
     def _whole_prefix(self):
         """A context in which the prefix encoder's parameters are whole on every process (ZeRO-3 gathers them)."""

@@ -115,3 +115,44 @@ def run_train_plain(base_dir, data_file, output_dir, extra):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
+
+
+def test_best_checkpoint_by_validation_accuracy_becomes_the_final_prefix(tiny_base_dir, data_file, tmp_path,
+                                                                         monkeypatch):
+    """A fabricated accuracy history (best at step 4 of 8): the final prefix is checkpoint-4's, not the last one."""
+    from ptuning_v2 import train
+    from ptuning_v2.trainer import LabelScoring
+
+    scripted = iter([50.0, 90.0, 60.0, 70.0, 90.0])  # evaluations at steps 2, 4, 6, 8, then the final evaluate()
+    monkeypatch.setattr(LabelScoring, "accuracy", lambda self, model: next(scripted))
+    out = tmp_path / "best"
+    train.main(["--model_name_or_path", str(tiny_base_dir), "--train_file", str(data_file),
+                "--validation_file", str(data_file), "--prompt_column", "content", "--response_column", "summary",
+                "--prompt_template", "plain", "--pre_seq_len", "4", "--output_dir", str(out), "--max_steps", "8",
+                "--save_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "3e-2",
+                "--use_cpu", "--report_to", "none", "--seed", "7"])
+
+    from safetensors.torch import load_file
+
+    final = load_file(out / WEIGHTS_NAME)
+    assert torch.equal(final["embedding.weight"], load_file(out / "checkpoint-4" / WEIGHTS_NAME)["embedding.weight"])
+    assert not torch.equal(final["embedding.weight"], load_file(out / "checkpoint-8" / WEIGHTS_NAME)["embedding.weight"])
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["best_global_step"] == 4 and state["best_metric"] == 90.0
+    assert [e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e][:4] == [50.0, 90.0, 60.0, 70.0]
+
+
+def test_validation_accuracy_is_label_scoring_on_the_validation_prompts(tiny_base_dir, data_file, tmp_path):
+    """Not fabricated: the logged eval_accuracy equals evaluate's label-scoring accuracy of that checkpoint."""
+    out = tmp_path / "scored"
+    log = run_train(tiny_base_dir, data_file, out, max_steps=2, extra=["--prefix_init_text", "好不好"])
+    assert "validation: accuracy by label scoring over 坏, 好" in log
+    assert "prefix initialized from the base's keys/values of 4 tokens" in log
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = [e["eval_accuracy"] for e in history if "eval_accuracy" in e and e["step"] == 2][0]
+
+    from ptuning_v2 import evaluate
+
+    metrics = evaluate.main(["--checkpoint", str(out / "checkpoint-2"), "--test_file", str(data_file),
+                             "--max_new_tokens", "2", "--output_dir", str(tmp_path / "eval")])
+    assert metrics["label_scoring_accuracy"] == logged
