@@ -1,8 +1,13 @@
 """PrefixModel: a frozen base causal LM plus a trainable PrefixEncoder.
 
 Shapes (B = batch, L = tokens, P = pre_seq_len, V = vocab):
-  forward(input_ids (B, L), attention_mask (B, L), labels (B, L) with -100 for ignored positions)
-      -> the base model's output: logits (B, L, V), loss when labels are given.
+  forward(input_ids (B, L), attention_mask (B, L))
+      -> the base model's output: logits (B, L, V).
+  forward(..., labels (B, L) with -100 for ignored positions)
+      -> loss (mean over labelled tokens, or sum / num_items_in_batch), and logits (B, K, V) for the last K
+         positions only, K = L - (first labelled position) + 1: the output layer (vocabulary-wide, ~40% of a
+         small model's compute) runs only where a label is predicted. Answers sit at the end of the sequence, so
+         with left padding K is about the answer length.
   generate(input_ids (B, L) left-padded, attention_mask (B, L), **generation kwargs)
       -> (B, L + new tokens), as the base model's generate() returns.
 
@@ -20,6 +25,7 @@ import logging
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model_patches import get_patch
 from ptuning_v2.positions import real_token_positions, with_prefix_mask
@@ -88,6 +94,27 @@ def forward_with_prefix(
     )
 
 
+def label_window(labels: torch.Tensor) -> int:
+    """K: how many trailing positions' logits predict every label of the batch (L - first labelled index + 1)."""
+    labelled = (labels != -100).any(dim=0).nonzero()
+    if labelled.numel() == 0:
+        return 1
+    first = max(int(labelled[0]), 1)  # the token at position 0 has no prediction
+    return labels.shape[1] - first + 1
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Next-token cross-entropy. logits (B, K, V) for the last K positions, labels (B, L); -100 is ignored."""
+    window = logits.shape[1]
+    targets = labels[:, labels.shape[1] - window + 1:]                        # (B, K - 1)
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    if torch.is_tensor(count):
+        count = count.to(loss.device)
+    return loss / count
+
+
 class PrefixModel(nn.Module):
     """Wraps a loaded base model; the base is frozen in place (its weights are never copied or changed)."""
 
@@ -144,16 +171,21 @@ class PrefixModel(nn.Module):
         dtype = self.compute_dtype()
         return [(k.to(dtype), v.to(dtype)) for k, v in self.prefix_encoder(batch_size)]
 
-    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, **kwargs):
-        return forward_with_prefix(
+    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, num_items_in_batch=None,
+                **kwargs):
+        if labels is not None:
+            kwargs["logits_to_keep"] = label_window(labels)
+        output = forward_with_prefix(
             self.base,
             self.prefix_kv(input_ids.shape[0]),
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            labels=labels,
             **kwargs,
         )
+        if labels is not None:
+            output.loss = causal_lm_loss(output.logits, labels, num_items_in_batch)
+        return output
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, **generate_kwargs):

@@ -243,6 +243,11 @@ def main(argv=None) -> str:
     else:
         model = build_model(model_args, prefix_args, data_args, tokenizer, resume, training_args.device)
         trainer_class = PrefixTrainer
+    if not prefix_args.full_finetune:
+        # Left padding puts every answer at the end of the batch, so the prefix model computes logits for only the
+        # last few positions (see PrefixModel.forward); it numbers real tokens from 0 itself. The stock model in
+        # --full_finetune would number left padding as positions, so it keeps right padding.
+        tokenizer.padding_side = "left"
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = trainer_class(
         model=model,

@@ -147,3 +147,38 @@ def test_generate_rejects_right_padding():
     model = prefixed().eval()
     with pytest.raises(ValueError, match="left padding"):
         model.generate(torch.tensor([[5, 6, PAD]]), attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_loss_from_the_label_window_equals_the_full_sequence_loss(padding_side):
+    """With labels, only the last K positions get logits; loss and prefix gradients equal the full computation."""
+    model = prefixed(projection=True)
+    model.prefix_encoder.dropout.p = 0.0
+    torch.manual_seed(3)
+    lengths, answer = [10, 7, 5], 3
+    width = max(lengths)
+    ids = torch.full((3, width), PAD)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for row, n in enumerate(lengths):
+        span = slice(width - n, width) if padding_side == "left" else slice(0, n)
+        ids[row, span] = torch.randint(4, 90, (n,))
+        mask[row, span] = 1
+        labels[row, span.stop - answer:span.stop] = ids[row, span.stop - answer:span.stop]
+
+    out = model(ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in model.prefix_encoder.parameters()]
+    model.zero_grad()
+    reference = forward_with_prefix(model.base, model.prefix_kv(3), ids, attention_mask=mask, labels=labels)
+    reference.loss.backward()
+
+    assert torch.allclose(out.loss, reference.loss, atol=1e-6)
+    for got, want in zip(grads, (p.grad for p in model.prefix_encoder.parameters())):
+        assert torch.allclose(got, want, atol=1e-6)
+    # Left padding lines the answers up at the end: logits for the answer and the token before it only.
+    expected_window = answer + 1 if padding_side == "left" else width - (min(lengths) - answer) + 1
+    assert out.logits.shape[1] == expected_window
+    # The Trainer's num_items_in_batch (gradient accumulation) divides the summed loss instead of the mean.
+    summed = model(ids, attention_mask=mask, labels=labels, num_items_in_batch=torch.tensor(18)).loss
+    assert torch.allclose(summed, reference.loss * 9 / 18, atol=1e-6)
