@@ -8,9 +8,13 @@
 #                with TRAIN_FILE and no TASK, no task preset applies: pass the column/template flags yourself
 #   PRE_SEQ_LEN  virtual tokens per layer                    [16]
 #   PROJECTION   1: reparameterize the prefix with an MLP (--prefix_projection); 0: plain embedding   [1]
-#   LR           learning rate                               [3e-2]
-#   STEPS        optimizer steps                             [1200: about 7 minutes on 2 cores]
+#   LR           learning rate        [sentiment and custom: 3e-3 (bench/learning.py); idiom, multiturn: 3e-2]
+#   DROPOUT      dropout on the prefix keys/values while training (--prefix_dropout)              [0]
+#   STEPS        optimizer steps                             [2000: about 6 minutes on 2 cores; evaluated every 100, the best is kept]
 #   BATCH        examples per step                           [16]
+#   INIT_TEXT    start the prefix from the base's own keys/values of this text (--prefix_init_text); empty: random
+#                [sentiment: the task's instruction; other tasks: empty]
+#   SEED         random seed (prefix init, data order, dropout)                                       [42]
 #   QUANT        4 or 8 to load the frozen base in int4/int8 [unset: full precision]
 #   OUTPUT_DIR   where checkpoints go                        [output/$TASK]
 #   NUM_GPUS     processes to train with (torchrun on 127.0.0.1, a free port; on a machine without GPUs
@@ -26,24 +30,30 @@ if [ -n "${TRAIN_FILE:-}" ] && [ -z "${TASK:-}" ]; then TASK=custom; fi
 TASK=${TASK:-sentiment}
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-16}
 PROJECTION=${PROJECTION:-1}
-LR=${LR:-3e-2}
-STEPS=${STEPS:-1200}
+DROPOUT=${DROPOUT:-0}
+STEPS=${STEPS:-2000}
 BATCH=${BATCH:-16}
+SEED=${SEED:-42}
 QUANT=${QUANT:-}
 OUTPUT_DIR=${OUTPUT_DIR:-output/$TASK}
 DATA=data/generated
 
+SENTIMENT_INSTRUCTION="判断这条评论的情感是积极还是消极："   # "Is this review positive (积极) or negative (消极)?"
 case "$TASK" in
   sentiment)
+    INIT_TEXT=${INIT_TEXT-$SENTIMENT_INSTRUCTION}
+    LR=${LR:-3e-3}
     TASK_ARGS=(--prompt_column text --response_column label --prompt_template instruction
-               --source_prefix "判断这条评论的情感是积极还是消极：" --max_source_length 96 --max_target_length 4) ;;
+               --source_prefix "$SENTIMENT_INSTRUCTION" --max_source_length 96 --max_target_length 4) ;;
   idiom)
+    LR=${LR:-3e-2}
     TASK_ARGS=(--prompt_column content --response_column summary --prompt_template chatglm
                --max_source_length 96 --max_target_length 64) ;;
   multiturn)
+    LR=${LR:-3e-2}
     TASK_ARGS=(--prompt_column prompt --response_column response --history_column history
                --prompt_template chatglm --max_source_length 192 --max_target_length 64) ;;
-  custom) TASK_ARGS=() ;;
+  custom) LR=${LR:-3e-3}; TASK_ARGS=() ;;
   *) echo "TASK must be sentiment, idiom or multiturn (or set TRAIN_FILE and pass column flags)" >&2; exit 2 ;;
 esac
 TRAIN_FILE=${TRAIN_FILE:-$DATA/$TASK/train.jsonl}
@@ -63,6 +73,7 @@ DATA_ARGS=(--train_file "$TRAIN_FILE")
 
 PREFIX_ARGS=()
 if [ "$PROJECTION" = 1 ]; then PREFIX_ARGS=(--prefix_projection); fi
+if [ -n "${INIT_TEXT:-}" ]; then PREFIX_ARGS+=(--prefix_init_text "$INIT_TEXT"); fi
 QUANT_ARGS=()
 if [ -n "$QUANT" ]; then QUANT_ARGS=(--quantization_bit "$QUANT" --gradient_checkpointing); fi
 
@@ -83,7 +94,8 @@ exec "${LAUNCH[@]}" -m ptuning_v2.train \
     --model_name_or_path "$MODEL" \
     "${DATA_ARGS[@]}" \
     "${TASK_ARGS[@]}" \
-    --pre_seq_len "$PRE_SEQ_LEN" "${PREFIX_ARGS[@]}" --learning_rate "$LR" --max_steps "$STEPS" \
+    --pre_seq_len "$PRE_SEQ_LEN" "${PREFIX_ARGS[@]}" --prefix_dropout "$DROPOUT" \
+    --learning_rate "$LR" --max_steps "$STEPS" --train_sampling_strategy group_by_length \
     --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --max_eval_samples 500 \
-    --logging_steps 10 --save_steps 100 --save_total_limit 3 --report_to none --seed 42 \
+    --logging_steps 10 --save_steps 100 --save_total_limit 3 --report_to none --seed "$SEED" \
     --output_dir "$OUTPUT_DIR" "${QUANT_ARGS[@]}" "${DS_ARGS[@]}" "$@"

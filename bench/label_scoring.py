@@ -42,30 +42,16 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from ptuning_v2.inference import InferenceSession, label_logprobs, left_pad  # noqa: E402
+from ptuning_v2.inference import InferenceSession, label_logprobs, label_logprobs_naive  # noqa: E402
 
 GLM4_VOCAB = 151_552
 PAD_ID = 0
 
 
-@torch.no_grad()
-def label_logprobs_reference(session, prompts, candidates):
-    """The old algorithm: every prompt + candidate sequence (B*K rows), full log_softmax over (B*K, L, V)."""
-    sequences = [p + c for p in prompts for c in candidates]
-    ids, mask = left_pad(sequences, session.tokenizer.pad_token_id, session.device)
-    logprobs = F.log_softmax(session.forward(ids, mask).logits.float(), dim=-1)
-    scores = torch.empty(len(sequences))
-    width = ids.shape[1]
-    for row in range(len(sequences)):
-        cand = candidates[row % len(candidates)]
-        positions = torch.arange(width - len(cand), width)
-        scores[row] = logprobs[row, positions - 1, ids[row, positions]].sum()
-    return scores.view(len(prompts), len(candidates))
 
 
-VARIANTS = {"old": label_logprobs_reference, "new": label_logprobs}
+VARIANTS = {"old": label_logprobs_naive, "new": label_logprobs}
 
 
 class _Tokenizer:

@@ -225,3 +225,20 @@ def label_logprobs(session: InferenceSession, prompts: list[list[int]], candidat
                       torch.tensor(tokens, dtype=torch.long, device=logprobs.device)].cpu()
     scores = torch.zeros(B * K).index_add_(0, torch.tensor(target, dtype=torch.long), picked)
     return scores.view(B, K)
+
+
+@torch.no_grad()
+def label_logprobs_naive(session: InferenceSession, prompts: list[list[int]], candidates: list[list[int]]) -> torch.Tensor:
+    """The same (B, K) scores the plain way: every prompt + candidate as its own row (B*K rows), a log_softmax over
+    every position of (B*K, L, V). Obviously right and slow; ``label_logprobs`` is tested and benchmarked against it."""
+    sequences = [p + c for p in prompts for c in candidates]
+    ids, mask = left_pad(sequences, session.tokenizer.pad_token_id, session.device)
+    logprobs = F.log_softmax(session.forward(ids, mask).logits.float(), dim=-1)
+    scores = torch.empty(len(sequences))
+    width = ids.shape[1]
+    for row in range(len(sequences)):
+        cand = candidates[row % len(candidates)]
+        # The token at position t is predicted by the logits at t - 1; the candidate fills the last len(cand) slots.
+        positions = torch.arange(width - len(cand), width)
+        scores[row] = logprobs[row, positions - 1, ids[row, positions]].sum()
+    return scores.view(len(prompts), len(candidates))

@@ -17,7 +17,7 @@ import sys
 
 import torch
 import transformers
-from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, Seq2SeqTrainer,
+from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser,
                           Seq2SeqTrainingArguments, set_seed)
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ptuning_v2.data import get_template
-from ptuning_v2.inference import InferenceSession, continuation_contexts, label_logprobs, left_pad
+from ptuning_v2.inference import InferenceSession, continuation_contexts, label_logprobs, label_logprobs_naive
 from ptuning_v2.prefix_model import PrefixModel, encoder_config_for
 from tiny_models import tiny_model, tiny_tokenizer
 
@@ -15,19 +14,6 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23], [30]]
 MIXED = [[40], [41, 50], [40, 41, 42], [40, 41], [60, 61, 62], [70]]
 
 
-@torch.no_grad()
-def label_logprobs_reference(session, prompts, candidates):
-    """The old algorithm: every prompt + candidate sequence, full log_softmax, sum the candidate's tokens."""
-    sequences = [p + c for p in prompts for c in candidates]
-    ids, mask = left_pad(sequences, session.tokenizer.pad_token_id, session.device)
-    logprobs = F.log_softmax(session.forward(ids, mask).logits.float(), dim=-1)
-    scores = torch.empty(len(sequences))
-    width = ids.shape[1]
-    for row in range(len(sequences)):
-        cand = candidates[row % len(candidates)]
-        positions = torch.arange(width - len(cand), width)
-        scores[row] = logprobs[row, positions - 1, ids[row, positions]].sum()
-    return scores.view(len(prompts), len(candidates))
 
 
 def make_session(with_prefix: bool) -> InferenceSession:
@@ -57,7 +43,7 @@ def count_forwards(session: InferenceSession) -> list[int]:
 @pytest.mark.parametrize("candidates", [MIXED, [[40], [41], [70]], [[41, 50], [40]]], ids=["mixed", "one-token", "two"])
 def test_scores_equal_the_reference(with_prefix, candidates):
     session = make_session(with_prefix)
-    expected = label_logprobs_reference(session, PROMPTS, candidates)
+    expected = label_logprobs_naive(session, PROMPTS, candidates)
     calls = count_forwards(session)
     scores = label_logprobs(session, PROMPTS, candidates)
     assert scores.shape == (len(PROMPTS), len(candidates)) and scores.dtype == torch.float32

@@ -1,0 +1,174 @@
+"""What makes the prefix learn on the shipped default: train configurations over seeds, test each one.
+
+    python bench/learning.py                       # every configuration below, seeds 42 43 44
+    python bench/learning.py --configs default,full_finetune --seeds 42,43,44
+    python bench/learning.py --steps 300 --configs default,lr_1e-2,...   # a cheaper screen at 300 steps
+
+Each run is ``bash train.sh`` (the sentiment task, so the ``default`` row *is* the shipped default) with
+``SEED``/``OUTPUT_DIR`` set and the configuration's flags appended, then label scoring and greedy generation on
+the 1,000-review test split with ``python -m ptuning_v2.evaluate`` on the checkpoint train.sh wrote (the best one
+by validation accuracy, see train.py). A finished run leaves ``output/learning/<config>/seed<S>/result.json`` and
+is not run again, so an interrupted bench continues where it stopped (``--force`` reruns).
+
+Writes ``bench/results/learning.md``: per configuration the test accuracy of each seed, the mean and the minimum,
+the best validation accuracy and its step, and the wall time of training. One run at a time: on 2 cores two
+trainings in parallel slow each other down and make the times meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "output" / "learning"
+RESULTS = ROOT / "bench" / "results" / "learning.md"
+SEEDS = (42, 43, 44)
+
+# Everything is relative to train.sh's defaults; each entry changes one thing (its "changes" text says what).
+# env: train.sh's own settings; flags: appended to its python -m ptuning_v2.train call.
+SENTIMENT_EVALUATE_FLAGS = [  # a --full_finetune output is a plain model: evaluate needs the prompt flags
+    "--test_file", "data/generated/sentiment/test.jsonl", "--prompt_column", "text", "--response_column", "label",
+    "--prompt_template", "instruction", "--source_prefix", "判断这条评论的情感是积极还是消极：", "--max_new_tokens", "4"]
+
+# Each entry changes one thing against train.sh's defaults (MLP projection, lr 3e-3 with linear decay and no
+# warmup, pre_seq_len 16, prefix dropout 0, prefix initialized from the task instruction, best checkpoint by
+# validation accuracy). env: train.sh's own settings; flags: appended to its python -m ptuning_v2.train call.
+CONFIGS: dict[str, dict] = {
+    "default": {"changes": "train.sh as shipped", "env": {}, "flags": []},
+    "lr_1e-2": {"changes": "learning rate 1e-2", "env": {"LR": "1e-2"}, "flags": []},
+    "lr_1e-3": {"changes": "learning rate 1e-3", "env": {"LR": "1e-3"}, "flags": []},
+    "cosine_warmup": {"changes": "cosine schedule, 10% warmup", "env": {},
+                      "flags": ["--lr_scheduler_type", "cosine", "--warmup_ratio", "0.1"]},
+    "no_projection": {"changes": "no MLP projection (plain embedding), lr 3e-2", "env": {"PROJECTION": "0",
+                                                                                          "LR": "3e-2"}, "flags": []},
+    "pre_seq_len_64": {"changes": "pre_seq_len 64", "env": {"PRE_SEQ_LEN": "64"}, "flags": []},
+    "dropout_0.1": {"changes": "prefix dropout 0.1 (ChatGLM's)", "env": {"DROPOUT": "0.1"}, "flags": []},
+    "random_init": {"changes": "random prefix (no --prefix_init_text)", "env": {"INIT_TEXT": ""}, "flags": []},
+    "previous_default": {
+        "changes": "the previous train.sh: lr 3e-2, dropout 0.1, random init, 1,200 steps, no validation (the "
+                   "last step is kept), random batches",
+        "env": {"LR": "3e-2", "DROPOUT": "0.1", "INIT_TEXT": "", "STEPS": "1200"},
+        "flags": ["--eval_strategy", "no", "--train_sampling_strategy", "random"],
+    },
+    "full_finetune": {
+        "changes": "full fine-tuning of the base (every weight; lr 2e-4, 1,200 steps), best checkpoint by "
+                   "validation accuracy",
+        "env": {"STEPS": "1200"}, "flags": ["--full_finetune", "--learning_rate", "2e-4"],
+        "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
+    },
+    # Can the method fit at all? 512 training reviews for 600 steps (~19 epochs); "best dev acc." is measured on
+    # those same 512 reviews, so it is the training fit; the test column is still the test split.
+    "fit_512": {"changes": "fit test: 512 training reviews, 600 steps; dev column = accuracy on those 512",
+                "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},
+                "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
+    "fit_512_full_finetune": {
+        "changes": "the same fit test with full fine-tuning (lr 2e-4)",
+        "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},
+        "flags": ["--max_train_samples", "512", "--max_eval_samples", "512", "--full_finetune", "--learning_rate",
+                  "2e-4"],
+        "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
+    },
+}
+
+
+def run_one(name: str, seed: int, steps: int | None, force: bool) -> dict:
+    config = CONFIGS[name]
+    out = OUT / (name if steps is None else f"{name}-{steps}steps") / f"seed{seed}"
+    result_file = out / "result.json"
+    if result_file.is_file() and not force:
+        return json.loads(result_file.read_text())
+    if out.exists():
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+    env = {**os.environ, **config["env"], "SEED": str(seed), "OUTPUT_DIR": str(out)}
+    if steps is not None:
+        env["STEPS"] = str(steps)
+    out.mkdir(parents=True)
+    start = time.time()
+    with open(out / "train.log", "w") as log:
+        # GNU time's %M: the peak resident set of train.sh's process tree's largest process, in KiB.
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(out / "peak_rss_kib"), "bash", str(ROOT / "train.sh"),
+                        *config["flags"]], env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    train_seconds = time.time() - start
+    evaluate = [sys.executable, "-m", "ptuning_v2.evaluate", "--output_dir", str(out / "eval")]
+    if config.get("full_finetune"):
+        evaluate += ["--model_name_or_path", str(out), *config["evaluate_flags"]]
+    else:
+        evaluate += ["--checkpoint", str(out)]
+    with open(out / "evaluate.log", "w") as log:
+        subprocess.run(evaluate, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_accuracy" in e]
+    best = max(evals, key=lambda e: e["eval_accuracy"]) if evals else None
+    result = {
+        "config": name, "seed": seed, "steps": state["global_step"], "train_seconds": round(train_seconds, 1),
+        "test_accuracy": metrics["accuracy"], "test_label_scoring_accuracy": metrics.get("label_scoring_accuracy"),
+        "best_dev_accuracy": best["eval_accuracy"] if best else None, "best_step": best["step"] if best else None,
+        "peak_rss_gb": round(int((out / "peak_rss_kib").read_text().split()[-1]) / 2**20, 2),
+        "final_train_loss": next((e["loss"] for e in reversed(state["log_history"]) if "loss" in e), None),
+    }
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def table(results: dict[str, list[dict]], steps: int | None) -> str:
+    budget = "train.sh's step budget" if steps is None else f"{steps} steps"
+    lines = [
+        f"Sentiment test split (1,000 reviews, 52% 消极), {budget}; `python bench/learning.py"
+        f"{'' if steps is None else f' --steps {steps}'}`. Accuracy of the generated answer (greedy), %; "
+        "label scoring in brackets where it differs. Train time: median wall time of `train.sh` (2 CPU cores); "
+        "peak RSS: the largest over the seeds (GNU time).",
+        "",
+        "| configuration | what changes | test acc. per seed | mean | min | best dev acc. (step) | train time | "
+        "peak RSS |",
+        "|---|---|---|---:|---:|---|---:|---:|",
+    ]
+    for name, runs in results.items():
+        accs = [r["test_accuracy"] for r in runs]
+        per_seed = ", ".join(
+            f"{r['test_accuracy']:.1f}" + (f" [{r['test_label_scoring_accuracy']:.1f}]"
+                                           if r["test_label_scoring_accuracy"] not in (None, r["test_accuracy"]) else "")
+            for r in runs)
+        dev = ", ".join(f"{r['best_dev_accuracy']:.1f} ({r['best_step']})" for r in runs
+                        if r["best_dev_accuracy"] is not None) or "-"
+        seconds = statistics.median(r["train_seconds"] for r in runs)
+        rss = max((r["peak_rss_gb"] for r in runs if r.get("peak_rss_gb")), default=None)
+        lines.append(f"| {name} | {CONFIGS[name]['changes']} | {per_seed} | {statistics.mean(accs):.1f} | "
+                     f"{min(accs):.1f} | {dev} | {seconds / 60:.1f} min | "
+                     f"{'-' if rss is None else f'{rss:.2f} GB'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--steps", type=int, help="override every configuration's step budget (a cheaper screen)")
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"error: unknown configuration(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    results: dict[str, list[dict]] = {}
+    for name in names:
+        for seed in map(int, args.seeds.split(",")):
+            r = run_one(name, seed, args.steps, args.force)
+            results.setdefault(name, []).append(r)
+            print(json.dumps(r), flush=True)
+    text = table(results, args.steps)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
