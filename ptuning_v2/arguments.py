@@ -42,6 +42,12 @@ class PrefixArguments:
                           "cut to pre_seq_len tokens) instead of at random; e.g. the task instruction. With "
                           "--prefix_projection the MLP's output layer is solved so it emits the same prefix."},
     )
+    max_nonfinite_steps: int = field(
+        default=3,
+        metadata={"help": "An optimizer step whose loss or gradient is NaN/inf is skipped and logged; this many in a "
+                          "row stop the run with a message (0: never stop). Causes: too high a --learning_rate, "
+                          "fp16 overflow (use bf16 or fp32)."},
+    )
     full_finetune: bool = field(
         default=False,
         metadata={"help": "Baseline for comparison (ChatGLM's ds_train_finetune.sh): train every weight of the base "

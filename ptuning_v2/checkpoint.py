@@ -9,23 +9,33 @@ A checkpoint directory holds
       embedding.weight (P, E), trans.0.weight (hidden, E), trans.0.bias, trans.2.weight (N*2*H*D, hidden),
       trans.2.bias with it.
 Files are written to a temporary name and renamed, so a killed run never leaves a half-written file.
+``prefix_config.json`` records the sha256 of the weights file (``weights_sha256``), and loading checks it, so an
+edited, swapped or damaged weights file is named instead of loaded; checkpoints written before the field existed
+still load. A prefix holding NaN or inf is never written, and never loaded.
+
+A ``checkpoint-N/`` of a training run is complete when it has both prefix files, its weights verify, and the
+Trainer's ``trainer_state.json`` (written last) parses: ``last_complete_checkpoint`` is what resume starts from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ptuning_v2.prefix_encoder import PrefixEncoder, PrefixEncoderConfig
 
 CONFIG_NAME = "prefix_config.json"
 WEIGHTS_NAME = "prefix_model.safetensors"
+TRAINER_STATE_NAME = "trainer_state.json"  # the HF Trainer's, the last file it writes into a checkpoint-N/
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 FORMAT_VERSION = 1
 ENCODER_FIELDS = ("pre_seq_len", "num_layers", "num_kv_heads", "head_dim", "prefix_projection", "embed_dim",
                   "prefix_hidden_size", "prefix_dropout")
@@ -42,23 +52,56 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose recorded shape does not fit the base model; the message lists each mismatched field."""
 
 
-def _atomic_write(path: Path, write) -> None:
+class NonFiniteWeightsError(CheckpointError):
+    """A prefix holding NaN or inf: refused when saving and when loading; the message names the tensor."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> str:
+    """Write through ``write(tmp)`` to a temporary file, then rename it to ``path``; returns the sha256 of the bytes
+    written (read back from the temporary file before the rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return digest
+
+
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding NaN or inf, each with its count."""
+    found = []
+    for name, t in tensors.items():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            found.append(f"{name} ({bad} of {t.numel()} values NaN/inf)")
+    return found
 
 
 def write_checkpoint(output_dir: str | Path, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
+    """Weights, then prefix_config.json with their sha256; each file written atomically. A NaN/inf prefix is refused
+    before anything is written."""
     output_dir = Path(output_dir)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
-    _atomic_write(output_dir / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise NonFiniteWeightsError(f"refusing to save a prefix holding NaN/inf to {output_dir}: "
+                                    + "; ".join(bad) + "; nothing was written there")
+    digest = _atomic_write(output_dir / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config = {**config, "weights_sha256": digest}
     text = json.dumps(config, ensure_ascii=False, indent=2) + "\n"
     _atomic_write(output_dir / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return output_dir
@@ -126,21 +169,75 @@ def check_fits_base(config: dict, base_config, checkpoint_dir: str | Path = "che
         )
 
 
-def read_prefix_weights(checkpoint_dir: str | Path, encoder: PrefixEncoder) -> dict[str, torch.Tensor]:
-    """Tensors from prefix_model.safetensors, checked against ``encoder``'s keys and shapes."""
+def other_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The checkpoint-N/ directories next to ``checkpoint_dir`` (or inside it, for a run's output directory),
+    oldest first, ``checkpoint_dir`` itself left out."""
+    checkpoint_dir = Path(checkpoint_dir)
+    found = set()
+    for parent in (checkpoint_dir.parent, checkpoint_dir):
+        if parent.is_dir():
+            found.update(p for p in parent.iterdir() if CHECKPOINT_DIR.match(p.name) and p.is_dir())
+    found.discard(checkpoint_dir)
+    return sorted(found, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)))
+
+
+def _use_another(checkpoint_dir: str | Path) -> str:
+    others = other_checkpoints(checkpoint_dir)
+    if not others:
+        return "no other checkpoint-N/ was found next to it; train again or restore the file from a copy"
+    return "use another checkpoint: " + ", ".join(str(p) for p in others)
+
+
+def verified_weights(checkpoint_dir: str | Path, config: dict | None = None,
+                     suggest_others: bool = True) -> dict[str, torch.Tensor]:
+    """All tensors of prefix_model.safetensors, after checking that the file is whole, that its sha256 is the one
+    prefix_config.json recorded (if it recorded one) and that it holds no NaN/inf. A failure's message ends by
+    listing the other checkpoint-N/ directories to use instead (``suggest_others``)."""
     path = Path(checkpoint_dir) / WEIGHTS_NAME
+    def others() -> str:
+        return f"; {_use_another(checkpoint_dir)}" if suggest_others else ""
+
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: damaged, probably truncated by an interrupted copy or a killed run "
+                              f"({path.stat().st_size} bytes; {e}){others()}") from None
+    config = read_checkpoint_config(checkpoint_dir) if config is None else config
+    expected_sha = config.get("weights_sha256")
+    if expected_sha is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha:
+            raise CheckpointError(f"{path}: sha256 is {actual}, but {CONFIG_NAME} recorded weights_sha256 "
+                                  f"{expected_sha}: the weights file was changed, replaced or damaged after it was "
+                                  f"saved{others()}")
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise NonFiniteWeightsError(f"{path}: the prefix holds NaN/inf: " + "; ".join(bad) + others())
+    return tensors
+
+
+def read_prefix_weights(checkpoint_dir: str | Path, encoder: PrefixEncoder,
+                        config: dict | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from prefix_model.safetensors, verified (see verified_weights) and checked against ``encoder``'s keys
+    and shapes. ``config``: the checkpoint's prefix_config.json content, if already read."""
+    tensors = verified_weights(checkpoint_dir, config)
+    check_tensors_fit(tensors, encoder, checkpoint_dir)
+    return tensors
+
+
+def check_tensors_fit(tensors: dict[str, torch.Tensor], encoder: PrefixEncoder, checkpoint_dir: str | Path) -> None:
+    """Raise CheckpointError naming every missing, unexpected or mis-shaped tensor."""
+    path = Path(checkpoint_dir) / WEIGHTS_NAME
     expected = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
     problems = [f"missing tensor {k}" for k in expected if k not in tensors]
     problems += [f"unexpected tensor {k}" for k in tensors if k not in expected]
     problems += [f"tensor {k} has shape {tuple(tensors[k].shape)}, prefix_config.json implies {expected[k]}"
                  for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k]]
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
-    return tensors
 
 
 def load_prefix_weights(model, checkpoint_dir: str | Path) -> None:
@@ -151,7 +248,7 @@ def load_prefix_weights(model, checkpoint_dir: str | Path) -> None:
         ours, theirs = model.encoder_config.to_dict(), encoder_config_from(config).to_dict()
         diff = [f"{k}: checkpoint has {theirs[k]!r}, this run has {ours[k]!r}" for k in ours if ours[k] != theirs[k]]
         raise CheckpointMismatchError(f"{Path(checkpoint_dir) / CONFIG_NAME} does not fit this run:\n  " + "\n  ".join(diff))
-    tensors = read_prefix_weights(checkpoint_dir, model.prefix_encoder)
+    tensors = read_prefix_weights(checkpoint_dir, model.prefix_encoder, config)
     model.prefix_encoder.load_state_dict(tensors)
 
 
@@ -164,15 +261,17 @@ def load_prefix_model(
     """Rebuild base + prefix from a checkpoint alone. Returns (PrefixModel in eval mode, tokenizer, config dict).
 
     The base model path, dtype and quantization come from the checkpoint; ``model_name_or_path`` overrides the
-    path (e.g. the base moved) and ``quantization_bit`` the quantization. The prefix is checked against the base
-    before any weight is read.
+    path (e.g. the base moved) and ``quantization_bit`` the quantization. The prefix weights are verified (whole,
+    checksum, finite) and the prefix is checked against the base's config before the base's weights are read.
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from ptuning_v2.prefix_model import PrefixModel
-    from ptuning_v2.quantization import BaseModelSpec, load_base_model
+    from ptuning_v2.quantization import (BaseModelSpec, ModelPathError, load_base_model, load_tokenizer,
+                                         named_hub_failure, resolve_model_path)
 
     config = read_checkpoint_config(checkpoint_dir)
+    tensors = verified_weights(checkpoint_dir, config)  # before a base that may take minutes to load
     spec = BaseModelSpec(**config["base_model"])
     if model_name_or_path:
         spec.model_name_or_path = model_name_or_path
@@ -181,13 +280,25 @@ def load_prefix_model(
     if not spec.model_name_or_path:
         raise CheckpointError(f"{Path(checkpoint_dir) / CONFIG_NAME}: field base_model.model_name_or_path is empty; "
                               "pass the base model path explicitly")
-    base_config = AutoConfig.from_pretrained(spec.model_name_or_path, trust_remote_code=spec.trust_remote_code)
+    try:
+        spec.model_name_or_path = resolve_model_path(spec.model_name_or_path)
+    except ModelPathError:
+        if model_name_or_path:  # the user's own path: the plain message names it
+            raise
+        raise CheckpointError(
+            f"{Path(checkpoint_dir) / CONFIG_NAME}: field base_model.model_name_or_path is "
+            f"{spec.model_name_or_path}, which does not exist (moved or deleted?); give the base model's location: "
+            f"--model_name_or_path for evaluate and train, --model for chat, model_name_or_path= for "
+            f"load_prefix_model") from None
+    with named_hub_failure(spec.model_name_or_path, "base model"):
+        base_config = AutoConfig.from_pretrained(spec.model_name_or_path, trust_remote_code=spec.trust_remote_code)
     check_fits_base(config, base_config, checkpoint_dir)
     base, spec = load_base_model(spec, torch.device(device) if device is not None else None)
     model = PrefixModel(base, encoder_config_from(config), base_spec=spec, prompt_settings=config.get("prompt"))
-    model.prefix_encoder.load_state_dict(read_prefix_weights(checkpoint_dir, model.prefix_encoder))
+    check_tensors_fit(tensors, model.prefix_encoder, checkpoint_dir)
+    model.prefix_encoder.load_state_dict(tensors)
     tokenizer_dir = checkpoint_dir if (Path(checkpoint_dir) / "tokenizer_config.json").is_file() else spec.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=spec.trust_remote_code)
+    tokenizer = load_tokenizer(str(tokenizer_dir), trust_remote_code=spec.trust_remote_code)
     return model.eval(), tokenizer, config
 
 
@@ -198,7 +309,48 @@ def export_projected(checkpoint_dir: str | Path, output_dir: str | Path) -> Path
         raise CheckpointError(f"{Path(checkpoint_dir) / CONFIG_NAME}: field prefix_projection is false; "
                               "there is no projection to export")
     encoder = PrefixEncoder(encoder_config_from(config))
-    encoder.load_state_dict(read_prefix_weights(checkpoint_dir, encoder))
+    encoder.load_state_dict(read_prefix_weights(checkpoint_dir, encoder, config))
     flat = encoder.projected()
     exported = {**config, **flat.config.to_dict(), "projected_export": True}
     return write_checkpoint(output_dir, exported, flat.state_dict())
+
+
+def checkpoint_problem(checkpoint_dir: str | Path, prefix: bool = True) -> str | None:
+    """Why a training run's ``checkpoint-N/`` cannot be resumed from (None when it is complete).
+
+    The Trainer writes the prefix files (each atomic), then its optimizer, scheduler and RNG state, and
+    ``trainer_state.json`` last, none of those atomically: a run killed while saving leaves a directory without
+    ``trainer_state.json`` or with a cut-off one. ``prefix=False`` (--full_finetune) checks only the Trainer's state.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if prefix:
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (checkpoint_dir / name).is_file():
+                return f"{name} is missing"
+        try:
+            verified_weights(checkpoint_dir, suggest_others=False)
+        except CheckpointError as e:
+            return str(e)
+    state = checkpoint_dir / TRAINER_STATE_NAME
+    if not state.is_file():
+        return f"{TRAINER_STATE_NAME} is missing (the run was stopped while saving)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{TRAINER_STATE_NAME} is cut off (the run was stopped while saving)"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | Path, prefix: bool = True, log=print) -> str | None:
+    """The newest complete ``checkpoint-N/`` in ``output_dir`` (see checkpoint_problem); each newer incomplete one
+    is skipped with a line through ``log``. None when there is none."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    candidates = [p for p in output_dir.iterdir() if CHECKPOINT_DIR.match(p.name) and p.is_dir()]
+    for checkpoint in sorted(candidates, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)), reverse=True):
+        problem = checkpoint_problem(checkpoint, prefix)
+        if problem is None:
+            return str(checkpoint)
+        log(f"skipping incomplete checkpoint {checkpoint}: {problem}")
+    return None

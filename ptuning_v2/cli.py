@@ -7,13 +7,26 @@ import sys
 from model_patches import UnsupportedModelError
 from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.data import DataFormatError
+from ptuning_v2.quantization import ModelPathError
 
-USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError)
+USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError, ModelPathError)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS, plus the trainer's NonFiniteTrainingError once ptuning_v2.trainer is loaded.
+
+    The trainer module (the HF Trainer) is slow to import and chat/evaluate never need it; its error can only be
+    raised after it was imported, so it is looked up rather than imported here.
+    """
+    trainer = sys.modules.get("ptuning_v2.trainer")
+    return USER_ERRORS + ((trainer.NonFiniteTrainingError,) if trainer is not None else ())
 
 
 def run(main) -> None:
     try:
         main()
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

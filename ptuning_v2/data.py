@@ -77,13 +77,23 @@ class Columns:
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; malformed JSON names the file and line."""
+    """(line number, object) for every non-blank line; malformed JSON names the file and line.
+
+    The file must be UTF-8 (a leading byte-order mark is accepted). A line that is not names the file, the line and
+    the byte offset of the first bad byte, and says how to convert a GBK file (the usual cause for Chinese data).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: data file not found")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    offset = 0
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(_not_utf8_message(path, line_no, offset, raw, e)) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -94,6 +104,18 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
                 raise DataFormatError(f"{path}, line {line_no}: expected a JSON object, got {type(obj).__name__}")
             records.append((line_no, obj))
     return records
+
+
+def _not_utf8_message(path: Path, line_no: int, line_offset: int, raw: bytes, e: UnicodeDecodeError) -> str:
+    bad = raw[e.start:e.start + 4]
+    try:
+        raw.decode("gb18030")
+        guess = "the line decodes as GBK/GB18030, so the file is probably GBK-encoded"
+    except UnicodeDecodeError:
+        guess = "if the file is GBK-encoded"
+    fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
+    return (f"{path}, line {line_no} (byte offset {line_offset + e.start} in the file): not UTF-8 (bytes "
+            f"{bad.hex(' ')}); {guess}: convert it with `iconv -f GBK -t UTF-8 {path} > {fixed}`")
 
 
 def _text_field(obj: dict, field: str, where: str, required: bool = True) -> str:

@@ -9,12 +9,42 @@ linears compute in that dtype. The prefix encoder always stays fp32 (see prefix_
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 from dataclasses import asdict, dataclass
 
 import torch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelPathError(FileNotFoundError):
+    """A base model (or tokenizer) location that does not exist; the message names the path."""
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_local(path: str) -> bool:
+    """Whether ``path`` can only mean a directory on this machine, never a Hugging Face Hub id ``namespace/repo``:
+    absolute, starting with ``./ ../ ~``, or with a path separator but not of the form ``namespace/repo``."""
+    if os.path.isabs(path) or path.startswith(("~", "./", "../")):
+        return True
+    separators = {"/", os.sep, os.altsep} - {None}
+    return any(sep in path for sep in separators) and not HUB_ID.match(path)
+
+
+def resolve_model_path(path: str, what: str = "base model", hint: str = "") -> str:
+    """``path`` as from_pretrained should get it (``~`` expanded), or ModelPathError if it is a local-looking path
+    that does not exist: such a path is reported as missing, never looked up on the Hub. ``hint`` ends the message."""
+    expanded = os.path.expanduser(path)
+    if os.path.exists(expanded):
+        return expanded
+    if looks_local(path):
+        raise ModelPathError(f"{what} directory not found: {path}" + (f"; {hint}" if hint else ""))
+    return path
 
 
 @dataclass
@@ -91,8 +121,32 @@ def load_base_model(spec: BaseModelSpec, device: torch.device | None = None):
     if spec.quantization_bit:
         kwargs["quantization_config"] = bitsandbytes_config(spec, dtype)
         kwargs["device_map"] = {"": device.index if device.type == "cuda" and device.index is not None else device.type}
-    model = AutoModelForCausalLM.from_pretrained(spec.model_name_or_path, **kwargs)
+    path = spec.model_name_or_path = resolve_model_path(spec.model_name_or_path)
+    with named_hub_failure(path, "base model"):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not spec.quantization_bit:
         model.to(device)
     disable_cpu_repacking(model)
     return model.eval(), spec
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """AutoTokenizer.from_pretrained with the same path rule as the base model (a missing local path is named)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(path, "tokenizer")
+    with named_hub_failure(path, "tokenizer"):
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def named_hub_failure(path: str, what: str):
+    """A name that is no local directory went to the Hub (or its offline cache): its failure becomes one line."""
+    try:
+        yield
+    except OSError as e:
+        if os.path.exists(path):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelPathError(f"{what} {path}: no such local directory, and loading it as a Hugging Face Hub id "
+                             f"failed: {first}") from None

@@ -17,19 +17,19 @@ import sys
 
 import torch
 import transformers
-from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser,
-                          Seq2SeqTrainingArguments, set_seed)
-from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
+from transformers import DataCollatorForSeq2Seq, HfArgumentParser, Seq2SeqTrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy
 
 from ptuning_v2.arguments import DataArguments, ModelArguments, PrefixArguments
 from ptuning_v2.cli import run
-from ptuning_v2.checkpoint import encoder_config_from, load_prefix_weights, read_checkpoint_config
+from ptuning_v2.checkpoint import (CheckpointError, checkpoint_problem, encoder_config_from, last_complete_checkpoint,
+                                   load_prefix_weights, read_checkpoint_config)
 from ptuning_v2.data import Columns, build_prompt_features, build_training_features, get_template, load_examples
 from ptuning_v2.metrics import classification_labels
 from ptuning_v2.plotting import plot_loss
 from ptuning_v2.prefix_init import initialize_prefix_from_text
 from ptuning_v2.prefix_model import PrefixModel, encoder_config_for
-from ptuning_v2.quantization import BaseModelSpec, load_base_model
+from ptuning_v2.quantization import BaseModelSpec, load_base_model, load_tokenizer, resolve_model_path
 from ptuning_v2.trainer import LabelScoring, PrefixTrainer, ScoredSeq2SeqTrainer
 
 logger = logging.getLogger("ptuning_v2.train")
@@ -217,8 +217,9 @@ def main(argv=None) -> str:
         print("gradient checkpointing: on (quantized base; pass --gradient_checkpointing False to turn it off)")
     set_seed(training_args.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
-                                              trust_remote_code=model_args.trust_remote_code)
+    # A missing local base directory is named here, before anything reads it (never looked up on the Hub).
+    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     columns = columns_from(data_args)
@@ -234,10 +235,14 @@ def main(argv=None) -> str:
     print(f"train examples: {len(train_features)}" + (f", validation examples: {len(eval_features)}" if eval_features else ""))
 
     resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)
+    has_prefix = not prefix_args.full_finetune
+    if resume is None:
+        # The newest checkpoint-N/ a killed run finished writing; newer, half-written ones are skipped (and printed).
+        resume = last_complete_checkpoint(training_args.output_dir, prefix=has_prefix)
         if resume:
             print(f"resuming from {resume}")
+    elif problem := checkpoint_problem(resume, prefix=has_prefix):
+        raise CheckpointError(f"--resume_from_checkpoint {resume}: {problem}")
     if prefix_args.full_finetune:  # the baseline: the stock Trainer trains the base and saves it with save_pretrained
         model, trainer_class = build_full_model(model_args, training_args.device), ScoredSeq2SeqTrainer
     else:
@@ -257,6 +262,7 @@ def main(argv=None) -> str:
         data_collator=collator,
         processing_class=tokenizer,
         label_scoring=label_scoring,
+        max_nonfinite_steps=prefix_args.max_nonfinite_steps,
     )
     result = trainer.train(resume_from_checkpoint=resume)
     if trainer.state.best_model_checkpoint and training_args.load_best_model_at_end:
