@@ -118,11 +118,12 @@ def run_one(name: str, seed: int, steps: int | None, force: bool) -> dict:
     return result
 
 
-def table(results: dict[str, list[dict]], steps: int | None) -> str:
-    budget = "train.sh's step budget" if steps is None else f"{steps} steps"
+def table(results: dict[str, list[dict]], steps: int | None, command: str) -> str:
+    budget = "each configuration's step budget" if steps is None else f"{steps} steps"
     lines = [
-        f"Sentiment test split (1,000 reviews, 52% 消极), {budget}; `python bench/learning.py"
-        f"{'' if steps is None else f' --steps {steps}'}`. Accuracy of the generated answer (greedy), %; "
+        f"Sentiment test split (1,000 reviews, 52% 消极), {budget}; `{command}` (finished runs are read back from "
+        "output/learning/, so rerunning rewrites this table without training). Accuracy of the generated answer "
+        "(greedy), %; "
         "label scoring in brackets where it differs. Train time: median wall time of `train.sh` (2 CPU cores); "
         "peak RSS: the largest over the seeds (GNU time).",
         "",
@@ -164,7 +165,7 @@ def main(argv=None) -> None:
             r = run_one(name, seed, args.steps, args.force)
             results.setdefault(name, []).append(r)
             print(json.dumps(r), flush=True)
-    text = table(results, args.steps)
+    text = table(results, args.steps, " ".join(["python bench/learning.py", *(argv if argv is not None else sys.argv[1:])]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)

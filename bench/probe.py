@@ -7,7 +7,9 @@ Every review is formatted exactly as training formats it (instruction template, 
   * last: the hidden state (256,) at the prompt's last token ("：" of "答："), where the answer is predicted;
   * mean: the mean hidden state (256,) over the prompt's real tokens.
 A logistic regression (torch, L-BFGS, L2 weight 1e-3 on standardized features) is fit on the first --train
-training reviews and scored on the 1,000-review test split. Prints a markdown table and writes
+training reviews and scored on the 1,000-review test split. Also the task's loss (answer tokens, as training
+computes it) on the first 256 training reviews: the base alone, with a random prefix, and with a prefix from the
+instruction (--prefix_init_text), before any training. Prints a markdown table and writes
 bench/results/probe.md. This is a baseline beside P-tuning and full fine-tuning, not a claim about a ceiling: a
 prefix changes what the layers compute, a probe only reads what they already compute.
 """
@@ -65,6 +67,32 @@ def fit_logistic(x, y, l2=1e-3, steps=200):
     return lambda z: (((z - mu) / sd) @ w + b).detach() > 0
 
 
+@torch.no_grad()
+def starting_losses(model, tokenizer, examples) -> dict[str, float]:
+    """Loss on the answers before training: base alone, random prefix, prefix from the instruction (P = 16, MLP)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from ptuning_v2.data import build_training_features
+    from ptuning_v2.positions import real_token_positions as positions
+    from ptuning_v2.prefix_init import initialize_prefix_from_text
+    from ptuning_v2.prefix_model import PrefixModel, causal_lm_loss, encoder_config_for
+
+    features = [build_training_features(ex, tokenizer, get_template("instruction"), 96, 4, INSTRUCTION)
+                for ex in examples]
+    tokenizer.padding_side = "left"
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(features)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    base_logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    losses = {"base alone": causal_lm_loss(base_logits, labels).item()}
+    for name, init in (("random prefix", None), ("prefix from the instruction", INSTRUCTION)):
+        torch.manual_seed(42)
+        prefixed = PrefixModel(model, encoder_config_for(model.config, 16, True, None, 0.0)).eval()
+        if init:
+            initialize_prefix_from_text(prefixed, tokenizer, init)
+        losses[name] = prefixed(ids, attention_mask=mask, labels=labels).loss.item()
+    return losses
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(ROOT / "data" / "base_model"))
@@ -91,6 +119,7 @@ def main(argv=None):
             predict = fit_logistic(x_train[layer, :, kind], y_train)
             accs.append(100 * (predict(x_test[layer, :, kind]) == y_test).float().mean().item())
         rows.append(f"| {layer + 1} | {accs[0]:.1f} | {accs[1]:.1f} |")
+    losses = starting_losses(model, tokenizer, train[:256])
     text = "\n".join([
         f"Logistic-regression probes on the frozen base ({Path(args.model).name}), {len(train)} training reviews, "
         f"test split ({len(test)} reviews, {100 * (1 - y_test.float().mean().item()):.0f}% 消极); "
@@ -99,6 +128,9 @@ def main(argv=None):
         "| layer output | last token (acc. %) | mean over tokens (acc. %) |",
         "|---:|---:|---:|",
         *rows,
+        "",
+        "Loss on the answer tokens of the first 256 training reviews before any training (pre_seq_len 16, MLP, "
+        "seed 42): " + "; ".join(f"{name} {loss:.2f}" for name, loss in losses.items()) + ".",
     ]) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
