@@ -188,4 +188,18 @@ def convert_tensor(name: str, tensor: torch.Tensor, config: dict) -> dict[str, t
     raise ChatGLMConversionError(f"tensor {name} is not part of a ChatGLM2/3 or GLM-4 model{hint}")
 
 
+# -- THUDM P-tuning v2 checkpoints ---------------------------------------------------------------------------------
+# ptuning/ saves the trainable parameters only: transformer.prefix_encoder.embedding.weight (P, N*2*G*D), plus
+# transformer.prefix_encoder.trans.{0,2}.{weight,bias} with prefix_projection. The flat vector of a virtual token is
+# layer-major, key then value, each group-major then channel: this project's PrefixEncoder layout, so the tensors
+# load into it under the names after "prefix_encoder.". Prefix keys were never rotated; real tokens start at 0.
+PREFIX_ENCODER_MARK = "prefix_encoder."
+
+
+def prefix_encoder_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{PrefixEncoder key: tensor} for the prefix-encoder tensors of a THUDM ptuning state dict (any name prefix)."""
+    return {name.split(PREFIX_ENCODER_MARK, 1)[1]: tensor for name, tensor in state_dict.items()
+            if PREFIX_ENCODER_MARK in name}
+
+
 register_foreign(MODEL_TYPE, unconverted_message)
