@@ -202,4 +202,63 @@ def prefix_encoder_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
             if PREFIX_ENCODER_MARK in name}
 
 
+# -- tokenizers ---------------------------------------------------------------------------------------------------
+# ChatGLM2/3: a sentencepiece tokenizer.model (64,789 pieces) with special tokens appended right after its pieces;
+# eos 2 (</s>), pad = unk 0; every input starts with [gMASK] sop. ChatGLM3 adds four role tokens.
+SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+CHATGLM3_ROLES = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+PROMPT_PREFIX = ("[gMASK]", "sop")
+CHAT_FORMATS = ("chatglm2", "chatglm3")
+
+
+def detect_chat_format(src: Path, config: dict) -> str:
+    """chatglm3 if the directory's tokenizer files or its name say so, else chatglm2."""
+    for name in ("tokenizer_config.json", "tokenization_chatglm.py"):
+        path = Path(src) / name
+        if path.is_file() and "<|observation|>" in path.read_text(encoding="utf-8", errors="replace"):
+            return "chatglm3"
+    return "chatglm3" if "chatglm3" in str(config.get("_name_or_path", "")).lower() else "chatglm2"
+
+
+def special_tokens(chat_format: str, num_pieces: int) -> list[tuple[int, str]]:
+    """(id, content) of the special tokens, numbered after the sentencepiece pieces."""
+    names = SPECIALS + (CHATGLM3_ROLES if chat_format == "chatglm3" else ())
+    return [(num_pieces + i, name) for i, name in enumerate(names)]
+
+
+def stop_token_ids(chat_format: str, num_pieces: int, eos_id: int) -> list[int]:
+    """Generation ends at eos, and for ChatGLM3 also where the model starts the user's or a tool's turn."""
+    if chat_format != "chatglm3":
+        return [eos_id]
+    ids = dict((name, i) for i, name in special_tokens(chat_format, num_pieces))
+    return [eos_id, ids["<|user|>"], ids["<|observation|>"]]
+
+
+def chat_template(chat_format: str, dummy_prefix: bool) -> str:
+    """A Jinja chat template giving the ids ChatGLM's own chat code builds.
+
+    ChatGLM3: [gMASK] sop, then per message <|role|> + encode(metadata + "\n") + encode(content), then <|assistant|>.
+    Each encode() is a separate sentencepiece call with its own dummy "▁"; the fast tokenizer encodes the text
+    between two special tokens as one string, so a space (which becomes that "▁") starts the content.
+    ChatGLM2: [gMASK] sop + encode("[Round N]\n\n问：...\n\n答：" over the history), one string.
+    """
+    if chat_format == "chatglm3":
+        sep = " " if dummy_prefix else ""
+        return (
+            "[gMASK]sop{% for message in messages %}"
+            "{% if message['role'] not in ['system', 'user', 'assistant', 'observation'] %}"
+            "{{ raise_exception('ChatGLM3 roles are system, user, assistant and observation') }}{% endif %}"
+            "<|{{ message['role'] }}|>{{ message['metadata'] if message['metadata'] is defined else '' }}\n"
+            "{% if message['content'] %}" + sep + "{{ message['content'] }}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        )
+    return (
+        "[gMASK]sop{% for message in messages %}"
+        "{% if message['role'] == 'user' %}[Round {{ loop.index0 // 2 + 1 }}]\n\n问：{{ message['content'] }}\n\n答："
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] }}\n\n"
+        "{% else %}{{ raise_exception('ChatGLM2 chats have user and assistant turns only') }}{% endif %}"
+        "{% endfor %}"
+    )
+
+
 register_foreign(MODEL_TYPE, unconverted_message)

@@ -2,7 +2,9 @@
 
     python -m ptuning_v2.convert SRC DST
         a ChatGLM2-6B / ChatGLM3-6B / glm-4-9b-chat directory (model_type ``chatglm``) -> a native ``glm`` model
-        directory: safetensors shards + model.safetensors.index.json, config.json, generation_config.json.
+        directory: safetensors shards + model.safetensors.index.json, config.json, generation_config.json, and
+        for ChatGLM2/3's sentencepiece tokenizer.model a fast tokenizer (tokenizer.json) with the special tokens at
+        their ChatGLM ids, [gMASK] sop in front of every input, and the model's chat template.
     python -m ptuning_v2.convert --ptuning_checkpoint OLD --base CONVERTED DST
         a THUDM ``ptuning/`` checkpoint (pytorch_model.bin with transformer.prefix_encoder.*, config.json with
         pre_seq_len and prefix_projection) -> this project's prefix checkpoint on the converted base.
@@ -115,15 +117,67 @@ def _finish(tmp: Path, dst: Path) -> None:
 
 
 # -- the model ----------------------------------------------------------------------------------------------------
-def generation_config_dict(src: Path, glm_kwargs: dict) -> dict:
-    """The source's generation_config.json if it has one, with glm's token ids filled in where it has none."""
+def generation_config_dict(src: Path, glm_kwargs: dict, stop_ids: list[int] = ()) -> dict:
+    """The source's generation_config.json if it has one, with glm's token ids filled in where it has none, and
+    ``stop_ids`` (the chat format's end-of-turn tokens) added to eos_token_id."""
     path = src / "generation_config.json"
     config = read_json(path, "generation config") if path.is_file() else {}
     config = {k: v for k, v in config.items() if k not in ("transformers_version", "_from_model_config")}
     for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
         if config.get(key) is None and glm_kwargs.get(key) is not None:
             config[key] = glm_kwargs[key]
+    if stop_ids:
+        eos = config.get("eos_token_id")
+        eos_list = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        extra = [i for i in stop_ids if i not in eos_list]
+        if extra:
+            config["eos_token_id"] = eos_list + extra
     return config
+
+
+def is_sentencepiece(path: Path) -> bool:
+    import sentencepiece as spm
+
+    if not path.is_file():
+        return False
+    try:
+        spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
+def convert_tokenizer(src: Path, out: Path, config: dict, chat_format: str = "auto") -> tuple[str | None, list[int]]:
+    """Write tokenizer.json + tokenizer_config.json (special tokens at their ChatGLM ids, a chat template) to
+    ``out`` from ``src/tokenizer.model`` (ChatGLM2/3 sentencepiece). Returns (the chat format, or None when the
+    tokenizer was not converted, and the generation stop ids)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from ptuning_v2.sentencepiece_fast import sentencepiece_tokenizer
+
+    model_file = src / "tokenizer.model"
+    if not is_sentencepiece(model_file):
+        return None, []
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    if chat_format == "auto":
+        chat_format = chatglm.detect_chat_format(src, config)
+    specials = chatglm.special_tokens(chat_format, sp.get_piece_size())
+    tok, spec = sentencepiece_tokenizer(model_file, specials)
+    ids = {name: i for i, name in specials}
+    eos, unk = sp.id_to_piece(sp.eos_id()), sp.id_to_piece(sp.unk_id())
+    gmask, sop = chatglm.PROMPT_PREFIX
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{gmask} {sop} $A", pair=f"{gmask} {sop} $A $B {eos}",
+        special_tokens=[(gmask, ids[gmask]), (sop, ids[sop]), (eos, sp.eos_id())])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=unk, eos_token=eos, pad_token=unk, padding_side="left",
+        clean_up_tokenization_spaces=False, model_max_length=config.get("seq_length", 8192),
+        chat_template=chatglm.chat_template(chat_format, spec.add_dummy_prefix))
+    fast.save_pretrained(out)
+    return chat_format, chatglm.stop_token_ids(chat_format, sp.get_piece_size(), sp.eos_id())
 
 
 def convert_shard(shard: Path, config: dict, seen) -> dict[str, torch.Tensor]:
@@ -139,8 +193,11 @@ def convert_shard(shard: Path, config: dict, seen) -> dict[str, torch.Tensor]:
     return converted
 
 
-def convert_model(src: str | Path, dst: str | Path, progress: bool = True) -> Path:
-    """Convert the ChatGLM directory ``src`` into a native glm directory ``dst`` (which must be new or empty)."""
+def convert_model(src: str | Path, dst: str | Path, progress: bool = True, chat_format: str = "auto",
+                  log=print) -> Path:
+    """Convert the ChatGLM directory ``src`` into a native glm directory ``dst`` (which must be new or empty):
+    weights and config, and the tokenizer when it is ChatGLM2/3's sentencepiece one (``chat_format``: auto,
+    chatglm2 or chatglm3 decides the special tokens and the chat template)."""
     from transformers import GenerationConfig
 
     src, dst = Path(src), Path(dst)
@@ -168,7 +225,14 @@ def convert_model(src: str | Path, dst: str | Path, progress: bool = True) -> Pa
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         glm.save_pretrained(tmp)
-        GenerationConfig(**generation_config_dict(src, chatglm.glm_config_kwargs(config))).save_pretrained(tmp)
+        converted_format, stop_ids = convert_tokenizer(src, tmp, config, chat_format)
+        if converted_format is None:
+            log(f"note: {src / 'tokenizer.model'} is not a sentencepiece model (GLM-4's tiktoken tokenizer is not "
+                "converted yet); the output has no tokenizer")
+        else:
+            log(f"tokenizer converted ({converted_format} special tokens and chat template)")
+        generation = generation_config_dict(src, chatglm.glm_config_kwargs(config), stop_ids)
+        GenerationConfig(**generation).save_pretrained(tmp)
         _finish(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -189,6 +253,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a THUDM ptuning/ output directory (pytorch_model.bin + config.json) to import")
     p.add_argument("--base", metavar="CONVERTED", help="the converted (glm) base model the prefix belongs to")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--chat_format", choices=("auto",) + chatglm.CHAT_FORMATS, default="auto",
+                   help="special tokens and chat template of the converted tokenizer [auto: chatglm3 when the "
+                        "source's tokenizer files mention <|observation|> or its name says chatglm3]")
     args = p.parse_args(argv)
     if args.ptuning_checkpoint:
         if len(args.paths) != 1 or not args.base:
@@ -207,7 +274,7 @@ def main(argv=None) -> None:
         print(f"imported prefix written to {out}")
         return
     src, dst = args.paths
-    out = convert_model(src, dst, progress=not args.no_progress)
+    out = convert_model(src, dst, progress=not args.no_progress, chat_format=args.chat_format)
     print(f"converted model written to {out}")
 
 

@@ -159,3 +159,28 @@ def reference_logits(weights: dict[str, torch.Tensor], config: dict, input_ids: 
         h = h + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.dense_4h_to_h.weight"].T
     h = _rms_norm(h, w["transformer.encoder.final_layernorm.weight"], eps)
     return h @ w["transformer.output_layer.weight"].T
+
+
+# -- tokenizer ----------------------------------------------------------------------------------------------------
+SP_TRAINING_TEXT = [
+    "今天天气很好，我们去公园散步吧。", "这家酒店的服务非常差，房间也很脏！", "书很好看，物流也很快，五星好评。",
+    "深度学习模型需要大量的数据和计算资源。", "他说：“明天见。”", "人工智能正在改变世界。", "你好，请问有什么可以帮你？",
+    "The quick brown fox jumps over the lazy dog.", "def f(x):\n    return x + 1\n", "123 4567 89 hello  world",
+] * 20
+
+
+def write_sentencepiece(path: Path, **overrides) -> Path:
+    """A tiny sentencepiece model trained like ChatGLM2/3's (unigram, byte fallback, identity normalization, a dummy
+    prefix, spaces kept; <unk> 0, <s> 1, </s> 2)."""
+    import io
+
+    import sentencepiece as spm
+
+    settings = dict(vocab_size=420, model_type="unigram", byte_fallback=True, character_coverage=0.98,
+                    normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
+                    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    settings.update(overrides)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(SP_TRAINING_TEXT), model_writer=buf, **settings)
+    path.write_bytes(buf.getvalue())
+    return path
