@@ -8,7 +8,9 @@ Formats (one JSON object per line; column names are flags, as in ChatGLM-6B's pt
 
 A training feature is input_ids = [bos] + source + target + [eos] with labels = -100 over [bos] + source and
 the token ids over target + [eos]; the loss is thus on the answer only. Sources longer than max_source_length
-keep their *end* (where the prompt template puts the question), targets keep their start.
+keep their *end* (where the prompt template puts the question), targets keep their start. "[bos]" is whatever the
+tokenizer itself puts in front of a text (``prompt_prefix_ids``): [gMASK] sop for a converted ChatGLM2/3 tokenizer,
+as THUDM's ptuning/main.py builds its inputs.
 """
 
 from __future__ import annotations
@@ -163,9 +165,28 @@ def load_examples(path: str | Path, columns: Columns, require_response: bool = T
     return examples
 
 
+def prompt_prefix_ids(tokenizer) -> list[int]:
+    """The ids every prompt starts with: those the tokenizer itself puts in front of a text (a converted ChatGLM2/3
+    tokenizer: [gMASK] sop; Llama: <s>), else [bos] when it has one (the shipped base), else none (Qwen2)."""
+    cached = getattr(tokenizer, "_ptuning_prompt_prefix", None)
+    if cached is not None:
+        return list(cached)
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    full = tokenizer.encode("a", add_special_tokens=True)
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
+    prefix = full[:starts[0]] if plain and starts else []
+    if not prefix and tokenizer.bos_token_id is not None:
+        prefix = [tokenizer.bos_token_id]
+    try:
+        tokenizer._ptuning_prompt_prefix = tuple(prefix)
+    except AttributeError:
+        pass
+    return list(prefix)
+
+
 def encode_source(tokenizer, prompt: str, max_source_length: int) -> list[int]:
-    """[bos] + the prompt's ids, keeping the prompt's end when it is too long."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """prompt_prefix_ids + the prompt's ids, keeping the prompt's end when it is too long."""
+    bos = prompt_prefix_ids(tokenizer)
     ids = tokenizer.encode(prompt, add_special_tokens=False, verbose=False)  # long prompts are cut below
     budget = max(max_source_length - len(bos), 1)
     return bos + ids[-budget:]

@@ -127,3 +127,32 @@ def test_a_tokenizer_model_that_is_not_sentencepiece_is_left_out(tmp_path):
     assert any("not a sentencepiece model" in line for line in lines)
     assert not (tmp_path / "dst" / "tokenizer.json").exists()
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["model_type"] == "glm"
+
+
+def test_training_features_are_the_ones_thudm_ptuning_builds(converted):
+    """THUDM's ChatGLM2 ptuning/main.py: encode(prompt, add_special_tokens=True) + encode(answer,
+    add_special_tokens=False) + [eos], labels on the answer and eos."""
+    from ptuning_v2.data import Example, build_training_features, get_template, prompt_prefix_ids
+
+    dst, sp = converted
+    tokenizer = AutoTokenizer.from_pretrained(dst)
+    n = sp.get_piece_size()
+    assert prompt_prefix_ids(tokenizer) == [n + 1, n + 3]
+    template = get_template("chatglm")
+    features = build_training_features(Example("今天天气怎么样", "很好"), tokenizer, template, 64, 16)
+    prompt = template.build_prompt("今天天气怎么样", [], "")
+    source = [n + 1, n + 3] + sp.encode(prompt)
+    target = sp.encode("很好") + [2]
+    assert features["input_ids"] == source + target
+    assert features["labels"] == [-100] * len(source) + target
+
+
+def test_prompt_prefix_of_other_tokenizers_is_unchanged():
+    from ptuning_v2.data import prompt_prefix_ids
+    from tiny_models import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()           # no post-processor: [bos], as before
+    assert prompt_prefix_ids(tokenizer) == [tokenizer.bos_token_id]
+    tokenizer.bos_token = None
+    tokenizer._ptuning_prompt_prefix = None
+    assert prompt_prefix_ids(tokenizer) == []
