@@ -156,3 +156,54 @@ def test_prompt_prefix_of_other_tokenizers_is_unchanged():
     tokenizer.bos_token = None
     tokenizer._ptuning_prompt_prefix = None
     assert prompt_prefix_ids(tokenizer) == []
+
+
+def test_chat_prompt_template_uses_the_chat_template(converted):
+    """--prompt_template chat: the prompt is the chat template's generation prompt (history and a system message
+    from --source_prefix included); labels cover exactly the assistant's tokens and eos."""
+    from ptuning_v2.data import Example, PromptTemplate, build_prompt_features, build_training_features, get_template
+
+    dst, sp = converted
+    tokenizer = AutoTokenizer.from_pretrained(dst)
+    template = PromptTemplate.from_dict(get_template("chat").to_dict())  # as recorded in a checkpoint
+    example = Example("今天天气怎么样", "很好，适合散步。", (("你好", "你好，请问有什么可以帮你？"),))
+    messages = [{"role": "system", "content": "你是一个有帮助的助手。"}, {"role": "user", "content": "你好"},
+                {"role": "assistant", "content": "你好，请问有什么可以帮你？"}, {"role": "user", "content": "今天天气怎么样"}]
+    prompt = chatglm3_ids(sp, messages)
+    answer = sp.encode("\n") + sp.encode("很好，适合散步。") + [2]
+
+    features = build_training_features(example, tokenizer, template, 256, 64, source_prefix="你是一个有帮助的助手。")
+    assert features["input_ids"] == prompt + answer
+    assert features["labels"] == [-100] * len(prompt) + answer
+    assert build_prompt_features(example, tokenizer, template, 256, "你是一个有帮助的助手。")["input_ids"] == prompt
+
+    # Too long: the template's opening and the prompt's end are kept; a long answer keeps eos.
+    short = build_prompt_features(example, tokenizer, template, 12, "你是一个有帮助的助手。")["input_ids"]
+    n = sp.get_piece_size()
+    assert len(short) == 12 and short[:2] == [n + 1, n + 3] and short[2:] == prompt[-10:]
+    capped = build_training_features(example, tokenizer, template, 256, 3)
+    assert capped["input_ids"][-3:] == answer[:2] + [2]
+
+
+def test_chat_prompt_template_needs_a_chat_template():
+    from ptuning_v2.data import Example, build_prompt_features, get_template
+    from tiny_models import tiny_tokenizer
+
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+        build_prompt_features(Example("问", "答"), tiny_tokenizer(), get_template("chat"), 32)
+
+
+def test_chat_prompt_template_with_a_chatml_template():
+    """Any tokenizer that ships a chat template: a Qwen2-style one ends the answer with <|im_end|> (its eos)."""
+    from ptuning_v2.data import Example, build_training_features, get_template
+    from tiny_models import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    features = build_training_features(Example("你好", "好的"), tokenizer, get_template("chat"), 64, 16)
+    labelled = [t for t, label in zip(features["input_ids"], features["labels"]) if label != -100]
+    assert tokenizer.decode(labelled) == "好的<|im_end|>\n"
+    assert labelled.count(tokenizer.eos_token_id) == 1
