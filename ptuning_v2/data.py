@@ -172,20 +172,13 @@ def load_examples(path: str | Path, columns: Columns, require_response: bool = T
 def prompt_prefix_ids(tokenizer) -> list[int]:
     """The ids every prompt starts with: those the tokenizer itself puts in front of a text (a converted ChatGLM2/3
     tokenizer: [gMASK] sop; Llama: <s>), else [bos] when it has one (the shipped base), else none (Qwen2)."""
-    cached = getattr(tokenizer, "_ptuning_prompt_prefix", None)
-    if cached is not None:
-        return list(cached)
     plain = tokenizer.encode("a", add_special_tokens=False)
     full = tokenizer.encode("a", add_special_tokens=True)
     starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
     prefix = full[:starts[0]] if plain and starts else []
     if not prefix and tokenizer.bos_token_id is not None:
         prefix = [tokenizer.bos_token_id]
-    try:
-        tokenizer._ptuning_prompt_prefix = tuple(prefix)
-    except AttributeError:
-        pass
-    return list(prefix)
+    return prefix
 
 
 def encode_source(tokenizer, prompt: str, max_source_length: int) -> list[int]:

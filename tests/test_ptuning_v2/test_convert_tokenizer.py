@@ -154,7 +154,6 @@ def test_prompt_prefix_of_other_tokenizers_is_unchanged():
     tokenizer = tiny_tokenizer()           # no post-processor: [bos], as before
     assert prompt_prefix_ids(tokenizer) == [tokenizer.bos_token_id]
     tokenizer.bos_token = None
-    tokenizer._ptuning_prompt_prefix = None
     assert prompt_prefix_ids(tokenizer) == []
 
 
