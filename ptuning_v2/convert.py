@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from model_patches import chatglm
 from ptuning_v2.cli import run
+from ptuning_v2.data import PROMPT_TEMPLATES
 
 
 class ConvertError(ValueError):
@@ -252,6 +253,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ptuning_checkpoint", metavar="OLD",
                    help="a THUDM ptuning/ output directory (pytorch_model.bin + config.json) to import")
     p.add_argument("--base", metavar="CONVERTED", help="the converted (glm) base model the prefix belongs to")
+    p.add_argument("--prompt_template", default="chatglm", choices=sorted(PROMPT_TEMPLATES),
+                   help="with --ptuning_checkpoint: the prompt format the prefix was trained with, recorded for "
+                        "evaluate and chat [chatglm: ChatGLM2 ptuning/'s [Round N] text; chat: the model's chat "
+                        "template, as ChatGLM3's finetune_demo]")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--chat_format", choices=("auto",) + chatglm.CHAT_FORMATS, default="auto",
                    help="special tokens and chat template of the converted tokenizer [auto: chatglm3 when the "
@@ -270,7 +275,7 @@ def main(argv=None) -> None:
     if args.ptuning_checkpoint:
         from ptuning_v2.legacy_prefix import import_ptuning_checkpoint
 
-        out = import_ptuning_checkpoint(args.ptuning_checkpoint, args.base, args.paths[0])
+        out = import_ptuning_checkpoint(args.ptuning_checkpoint, args.base, args.paths[0], args.prompt_template)
         print(f"imported prefix written to {out}")
         return
     src, dst = args.paths

@@ -9,8 +9,8 @@ D head_dim of the converted base CONVERTED):
   * with projection:    embedding.weight (P, E), trans.0.weight (H, E), trans.0.bias (H,),
                         trans.2.weight (N*2*G*D, H), trans.2.bias (N*2*G*D,)   (E, H read from the tensors).
 The layout per virtual token is this project's PrefixEncoder's (see model_patches/chatglm.py), so the tensors are
-copied as they are. DST gets prefix_config.json + prefix_model.safetensors recording the base path and the chatglm
-prompt template ("[Round N]\\n\\n问：...\\n\\n答：", THUDM's ChatGLM2 ptuning format); evaluate, chat and
+copied as they are. DST gets prefix_config.json + prefix_model.safetensors recording the base path and the prompt
+template (chatglm by default: "[Round N]\\n\\n问：...\\n\\n答：", THUDM's ChatGLM2 ptuning format); evaluate, chat and
 ``--ptuning_checkpoint`` load it like any other checkpoint. Only the base's config is read, never its weights.
 """
 
@@ -88,7 +88,10 @@ def encoder_config_for_legacy(settings: dict, tensors: dict[str, torch.Tensor], 
                                embed_dim=embed_dim, prefix_hidden_size=hidden)
 
 
-def import_ptuning_checkpoint(old: str | Path, base: str | Path, dst: str | Path) -> Path:
+def import_ptuning_checkpoint(old: str | Path, base: str | Path, dst: str | Path,
+                              prompt_template: str = "chatglm") -> Path:
+    """Write DST from OLD on BASE. ``prompt_template`` is recorded for evaluate/chat: chatglm for ChatGLM2's
+    ptuning/ ("[Round N]" text), chat for ChatGLM3's finetune_demo (the model's own chat format)."""
     from transformers import AutoConfig
 
     from ptuning_v2.arguments import DataArguments
@@ -112,7 +115,7 @@ def import_ptuning_checkpoint(old: str | Path, base: str | Path, dst: str | Path
         "projected_export": False,
         "base_model": BaseModelSpec(os.path.abspath(base_path) if os.path.isdir(base_path) else base_path).to_dict(),
         "prompt": {
-            "template": get_template("chatglm").to_dict(), "source_prefix": "",
+            "template": get_template(prompt_template).to_dict(), "source_prefix": "",
             "max_source_length": defaults.max_source_length, "max_target_length": defaults.max_target_length,
             "test_file": None,
             "columns": {"prompt": defaults.prompt_column, "response": defaults.response_column,

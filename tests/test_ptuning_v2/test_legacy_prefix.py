@@ -149,3 +149,13 @@ def test_an_unconverted_base_is_refused_with_the_convert_command(tmp_path, conve
     write_old_checkpoint(tmp_path / "old", config)
     with pytest.raises(UnsupportedModelError, match="python -m ptuning_v2.convert"):
         import_ptuning_checkpoint(tmp_path / "old", tmp_path / "chatglm", tmp_path / "new")
+
+
+def test_the_prompt_template_is_recorded(tmp_path, converted):
+    base_dir, config, _ = converted
+    write_old_checkpoint(tmp_path / "old", config)
+    import_ptuning_checkpoint(tmp_path / "old", base_dir, tmp_path / "default")
+    assert read_checkpoint_config(tmp_path / "default")["prompt"]["template"]["name"] == "chatglm"
+    run(lambda: main(["--ptuning_checkpoint", str(tmp_path / "old"), "--base", str(base_dir),
+                      "--prompt_template", "chat", str(tmp_path / "chat")]))
+    assert read_checkpoint_config(tmp_path / "chat")["prompt"]["template"]["name"] == "chat"
