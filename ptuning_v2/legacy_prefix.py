@@ -67,7 +67,7 @@ def encoder_config_for_legacy(settings: dict, tensors: dict[str, torch.Tensor], 
             f"{shape.head_dim} = {width}")
     embedding = tensors.get("embedding.weight")
     if settings["prefix_projection"]:
-        w0, w2 = tensors.get("trans.0.weight"), tensors.get("trans.2.weight")
+        w0 = tensors.get("trans.0.weight")
         embed_dim = embedding.shape[1] if embedding is not None and embedding.dim() == 2 else 0
         hidden = w0.shape[0] if w0 is not None and w0.dim() == 2 else 0
         expected = {"embedding.weight": (p, embed_dim), "trans.0.weight": (hidden, embed_dim), "trans.0.bias": (hidden,),
