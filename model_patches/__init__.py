@@ -7,6 +7,10 @@ cache is read-only. Patches change a loaded model object; they never edit files 
 
     >>> patch = get_patch(model.config)       # raises UnsupportedModelError listing what is supported
     >>> patch.kv_shape(model.config)         # KVShape(num_layers=28, num_kv_heads=2, head_dim=128)
+
+Foreign checkpoint layouts (THUDM's remote-code ``chatglm``) are not patched but converted once to a native
+architecture (``model_patches.chatglm``, ``python -m ptuning_v2.convert``); loading one unconverted is refused
+with the exact convert command.
 """
 
 from model_patches.registry import (
@@ -14,16 +18,19 @@ from model_patches.registry import (
     ModelPatch,
     UnsupportedModelError,
     get_patch,
+    refuse_foreign_checkpoint,
     register,
     supported_model_types,
 )
 from model_patches import hf_decoders  # noqa: F401  (registers glm, glm4, llama, qwen2)
+from model_patches import chatglm  # noqa: F401  (chatglm: refused with the command that converts it to glm)
 
 __all__ = [
     "KVShape",
     "ModelPatch",
     "UnsupportedModelError",
     "get_patch",
+    "refuse_foreign_checkpoint",
     "register",
     "supported_model_types",
 ]

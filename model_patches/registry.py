@@ -43,11 +43,36 @@ class ModelPatch:
 
 
 _REGISTRY: dict[str, ModelPatch] = {}
+# model_types that are never loaded as they are, only after a conversion: model_type -> advice(path or None).
+_FOREIGN: dict[str, Callable[[str | None], str]] = {}
 
 
 def register(patch: ModelPatch) -> ModelPatch:
     _REGISTRY[patch.model_type] = patch
     return patch
+
+
+def register_foreign(model_type: str, advice: Callable[[str | None], str]) -> None:
+    """A checkpoint layout that must be converted before use; ``advice(path)`` says how (path None: unknown)."""
+    _FOREIGN[model_type] = advice
+
+
+def refuse_foreign_checkpoint(path: str) -> None:
+    """Raise UnsupportedModelError with the conversion advice if ``path`` is a local model directory whose
+    config.json names a foreign model_type; anything else (no directory, no or unreadable config) passes."""
+    import json
+    import os
+
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        return
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # left to transformers, which names the problem itself
+    if model_type in _FOREIGN:
+        raise UnsupportedModelError(_FOREIGN[model_type](path))
 
 
 def supported_model_types() -> list[str]:
@@ -57,6 +82,9 @@ def supported_model_types() -> list[str]:
 def get_patch(config_or_type) -> ModelPatch:
     """The patch for a config (or a model_type string); a clear error for anything unsupported."""
     model_type = config_or_type if isinstance(config_or_type, str) else getattr(config_or_type, "model_type", None)
+    if model_type in _FOREIGN:
+        path = None if isinstance(config_or_type, str) else getattr(config_or_type, "_name_or_path", None) or None
+        raise UnsupportedModelError(_FOREIGN[model_type](path))
     try:
         return _REGISTRY[model_type]
     except KeyError:

@@ -13,13 +13,16 @@ USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError, ModelPat
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """USER_ERRORS, plus the trainer's NonFiniteTrainingError once ptuning_v2.trainer is loaded.
+    """USER_ERRORS, plus the trainer's NonFiniteTrainingError and the converter's ConvertError once their modules
+    are loaded.
 
-    The trainer module (the HF Trainer) is slow to import and chat/evaluate never need it; its error can only be
-    raised after it was imported, so it is looked up rather than imported here.
+    The trainer module (the HF Trainer) is slow to import and chat/evaluate never need it, and the converter imports
+    this module; their errors can only be raised after they were imported, so they are looked up, not imported here.
     """
     trainer = sys.modules.get("ptuning_v2.trainer")
-    return USER_ERRORS + ((trainer.NonFiniteTrainingError,) if trainer is not None else ())
+    convert = sys.modules.get("ptuning_v2.convert")
+    return (USER_ERRORS + ((trainer.NonFiniteTrainingError,) if trainer is not None else ())
+            + ((convert.ConvertError,) if convert is not None else ()))
 
 
 def run(main) -> None:

@@ -8,7 +8,9 @@ Formats (one JSON object per line; column names are flags, as in ChatGLM-6B's pt
 
 A training feature is input_ids = [bos] + source + target + [eos] with labels = -100 over [bos] + source and
 the token ids over target + [eos]; the loss is thus on the answer only. Sources longer than max_source_length
-keep their *end* (where the prompt template puts the question), targets keep their start.
+keep their *end* (where the prompt template puts the question), targets keep their start. "[bos]" is whatever the
+tokenizer itself puts in front of a text (``prompt_prefix_ids``): [gMASK] sop for a converted ChatGLM2/3 tokenizer,
+as THUDM's ptuning/main.py builds its inputs.
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ PROMPT_TEMPLATES = {
     "instruction": PromptTemplate("instruction", "{query}\n答：", "\n"),
     # The query as it is, e.g. with --source_prefix carrying the instruction; past turns on their own lines.
     "plain": PromptTemplate("plain", "{query}", "\n"),
+    # The tokenizer's own chat template (apply_chat_template): history as user/assistant turns, --source_prefix as
+    # a system message; see encode_chat.
+    "chat": PromptTemplate("chat", "", ""),
 }
+CHAT_TEMPLATE = "chat"
 
 
 def get_template(name: str) -> PromptTemplate:
@@ -163,18 +169,83 @@ def load_examples(path: str | Path, columns: Columns, require_response: bool = T
     return examples
 
 
+def prompt_prefix_ids(tokenizer) -> list[int]:
+    """The ids every prompt starts with: those the tokenizer itself puts in front of a text (a converted ChatGLM2/3
+    tokenizer: [gMASK] sop; Llama: <s>), else [bos] when it has one (the shipped base), else none (Qwen2)."""
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    full = tokenizer.encode("a", add_special_tokens=True)
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
+    prefix = full[:starts[0]] if plain and starts else []
+    if not prefix and tokenizer.bos_token_id is not None:
+        prefix = [tokenizer.bos_token_id]
+    return prefix
+
+
 def encode_source(tokenizer, prompt: str, max_source_length: int) -> list[int]:
-    """[bos] + the prompt's ids, keeping the prompt's end when it is too long."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """prompt_prefix_ids + the prompt's ids, keeping the prompt's end when it is too long."""
+    bos = prompt_prefix_ids(tokenizer)
     ids = tokenizer.encode(prompt, add_special_tokens=False, verbose=False)  # long prompts are cut below
     budget = max(max_source_length - len(bos), 1)
     return bos + ids[-budget:]
+
+
+def chat_messages(example: Example, source_prefix: str = "") -> list[dict]:
+    messages = [{"role": "system", "content": source_prefix}] if source_prefix else []
+    for query, response in example.history:
+        messages += [{"role": "user", "content": query}, {"role": "assistant", "content": response}]
+    return messages + [{"role": "user", "content": example.query}]
+
+
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--prompt_template chat needs a tokenizer with a chat template; "
+                         f"{getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none (use chatglm, instruction "
+                         "or plain)")
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                              return_dict=False))
+
+
+def _keep_head_and_end(tokenizer, ids: list[int], max_length: int) -> list[int]:
+    """A too-long chat prompt keeps the template's fixed opening (e.g. [gMASK] sop: what renderings of different
+    conversations share) and its end."""
+    if len(ids) <= max_length:
+        return ids
+    a, b = (_chat_ids(tokenizer, [{"role": "user", "content": c}], True) for c in ("甲", "乙"))
+    head = next((i for i, (x, y, z) in enumerate(zip(a, b, ids)) if not x == y == z), min(len(a), len(b), len(ids)))
+    head = min(head, max_length - 1)
+    return ids[:head] + ids[len(ids) - (max_length - head):]
+
+
+def encode_chat(example: Example, tokenizer, max_source_length: int, max_target_length: int | None = None,
+                source_prefix: str = "") -> tuple[list[int], list[int]]:
+    """(source, target) ids through the tokenizer's chat template. source: the conversation up to and including
+    the generation prompt (e.g. <|assistant|>). target: what the template adds for the assistant's answer, with the
+    end token: eos is appended unless the template already ends the turn with eos (Qwen2's <|im_end|>)."""
+    messages = chat_messages(example, source_prefix)
+    prompt = _chat_ids(tokenizer, messages, add_generation_prompt=True)
+    target: list[int] = []
+    if max_target_length is not None:
+        full = _chat_ids(tokenizer, messages + [{"role": "assistant", "content": example.response}], False)
+        if full[:len(prompt)] != prompt:
+            raise ValueError("the chat template renders a conversation differently once the answer follows it, so "
+                             "the answer's tokens cannot be told apart; use another --prompt_template")
+        target = full[len(prompt):]
+        eos = tokenizer.eos_token_id
+        if eos not in target:
+            target = target + [eos]
+        if len(target) > max_target_length:
+            target = target[:max_target_length - 1] + [eos]
+    return _keep_head_and_end(tokenizer, prompt, max_source_length), target
 
 
 def build_training_features(
     example: Example, tokenizer, template: PromptTemplate, max_source_length: int, max_target_length: int,
     source_prefix: str = "",
 ) -> dict[str, list[int]]:
+    if template.name == CHAT_TEMPLATE:
+        source, target = encode_chat(example, tokenizer, max_source_length, max_target_length, source_prefix)
+        return {"input_ids": source + target, "attention_mask": [1] * (len(source) + len(target)),
+                "labels": [IGNORE_INDEX] * len(source) + target}
     prompt = template.build_prompt(example.query, list(example.history), source_prefix)
     source = encode_source(tokenizer, prompt, max_source_length)
     target = tokenizer.encode(example.response, add_special_tokens=False, verbose=False)[:max_target_length]
@@ -190,6 +261,9 @@ def build_prompt_features(
     example: Example, tokenizer, template: PromptTemplate, max_source_length: int, source_prefix: str = ""
 ) -> dict[str, list[int]]:
     """The source alone, for generation and scoring."""
+    if template.name == CHAT_TEMPLATE:
+        source, _ = encode_chat(example, tokenizer, max_source_length, None, source_prefix)
+        return {"input_ids": source, "attention_mask": [1] * len(source)}
     prompt = template.build_prompt(example.query, list(example.history), source_prefix)
     source = encode_source(tokenizer, prompt, max_source_length)
     return {"input_ids": source, "attention_mask": [1] * len(source)}

@@ -30,7 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--base_only", action="store_true", help="evaluate the base without the prefix (same prompts)")
     p.add_argument("--quantization_bit", type=int, choices=[4, 8], help="override the recorded quantization")
     p.add_argument("--prompt_column"), p.add_argument("--response_column"), p.add_argument("--history_column")
-    p.add_argument("--prompt_template", help="without a checkpoint: chatglm or plain")
+    p.add_argument("--prompt_template", help="without a checkpoint: chatglm, instruction, plain or chat "
+                                             "(the tokenizer's chat template)")
     p.add_argument("--source_prefix", help="without a checkpoint: text put before every prompt")
     p.add_argument("--label_words", help="comma-separated answers to score, e.g. 积极,消极 (default: detected)")
     p.add_argument("--batch_size", type=int, default=32)

@@ -38,9 +38,14 @@ def looks_local(path: str) -> bool:
 
 def resolve_model_path(path: str, what: str = "base model", hint: str = "") -> str:
     """``path`` as from_pretrained should get it (``~`` expanded), or ModelPathError if it is a local-looking path
-    that does not exist: such a path is reported as missing, never looked up on the Hub. ``hint`` ends the message."""
+    that does not exist: such a path is reported as missing, never looked up on the Hub. ``hint`` ends the message.
+    A directory in a layout that must be converted first (THUDM's ``chatglm``) raises UnsupportedModelError giving
+    the exact convert command."""
+    from model_patches import refuse_foreign_checkpoint
+
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
+        refuse_foreign_checkpoint(expanded)
         return expanded
     if looks_local(path):
         raise ModelPathError(f"{what} directory not found: {path}" + (f"; {hint}" if hint else ""))
