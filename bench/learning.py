@@ -49,6 +49,8 @@ CONFIGS: dict[str, dict] = {
     "no_projection": {"changes": "no MLP projection (plain embedding), lr 3e-2", "env": {"PROJECTION": "0",
                                                                                           "LR": "3e-2"}, "flags": []},
     "pre_seq_len_64": {"changes": "pre_seq_len 64", "env": {"PRE_SEQ_LEN": "64"}, "flags": []},
+    "pre_seq_len_128": {"changes": "pre_seq_len 128 (ChatGLM's ptuning default)", "env": {"PRE_SEQ_LEN": "128"},
+                        "flags": []},
     "dropout_0.1": {"changes": "prefix dropout 0.1 (ChatGLM's)", "env": {"DROPOUT": "0.1"}, "flags": []},
     "random_init": {"changes": "random prefix (no --prefix_init_text)", "env": {"INIT_TEXT": ""}, "flags": []},
     "previous_default": {
@@ -68,6 +70,10 @@ CONFIGS: dict[str, dict] = {
     "fit_512": {"changes": "fit test: 512 training reviews, 600 steps; dev column = accuracy on those 512",
                 "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},
                 "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
+    "fit_512_pre_seq_len_128": {
+        "changes": "the same fit test with pre_seq_len 128",
+        "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl", "PRE_SEQ_LEN": "128"},
+        "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
     "fit_512_full_finetune": {
         "changes": "the same fit test with full fine-tuning (lr 2e-4)",
         "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},

@@ -252,26 +252,12 @@ def load_prefix_weights(model, checkpoint_dir: str | Path) -> None:
     model.prefix_encoder.load_state_dict(tensors)
 
 
-def load_prefix_model(
-    checkpoint_dir: str | Path,
-    model_name_or_path: str | None = None,
-    device: torch.device | str | None = None,
-    quantization_bit: int | None | str = "recorded",
-):
-    """Rebuild base + prefix from a checkpoint alone. Returns (PrefixModel in eval mode, tokenizer, config dict).
+def recorded_base_spec(config: dict, checkpoint_dir: str | Path, model_name_or_path: str | None = None,
+                       quantization_bit: int | None | str = "recorded"):
+    """The BaseModelSpec a checkpoint records, with the user's overrides; a recorded base directory that no longer
+    exists names the field and the override (never a hub lookup). The user's own missing path raises ModelPathError."""
+    from ptuning_v2.quantization import BaseModelSpec, ModelPathError, resolve_model_path
 
-    The base model path, dtype and quantization come from the checkpoint; ``model_name_or_path`` overrides the
-    path (e.g. the base moved) and ``quantization_bit`` the quantization. The prefix weights are verified (whole,
-    checksum, finite) and the prefix is checked against the base's config before the base's weights are read.
-    """
-    from transformers import AutoConfig
-
-    from ptuning_v2.prefix_model import PrefixModel
-    from ptuning_v2.quantization import (BaseModelSpec, ModelPathError, load_base_model, load_tokenizer,
-                                         named_hub_failure, resolve_model_path)
-
-    config = read_checkpoint_config(checkpoint_dir)
-    tensors = verified_weights(checkpoint_dir, config)  # before a base that may take minutes to load
     spec = BaseModelSpec(**config["base_model"])
     if model_name_or_path:
         spec.model_name_or_path = model_name_or_path
@@ -290,6 +276,29 @@ def load_prefix_model(
             f"{spec.model_name_or_path}, which does not exist (moved or deleted?); give the base model's location: "
             f"--model_name_or_path for evaluate and train, --model for chat, model_name_or_path= for "
             f"load_prefix_model") from None
+    return spec
+
+
+def load_prefix_model(
+    checkpoint_dir: str | Path,
+    model_name_or_path: str | None = None,
+    device: torch.device | str | None = None,
+    quantization_bit: int | None | str = "recorded",
+):
+    """Rebuild base + prefix from a checkpoint alone. Returns (PrefixModel in eval mode, tokenizer, config dict).
+
+    The base model path, dtype and quantization come from the checkpoint; ``model_name_or_path`` overrides the
+    path (e.g. the base moved) and ``quantization_bit`` the quantization. The prefix weights are verified (whole,
+    checksum, finite) and the prefix is checked against the base's config before the base's weights are read.
+    """
+    from transformers import AutoConfig
+
+    from ptuning_v2.prefix_model import PrefixModel
+    from ptuning_v2.quantization import load_base_model, load_tokenizer, named_hub_failure
+
+    config = read_checkpoint_config(checkpoint_dir)
+    tensors = verified_weights(checkpoint_dir, config)  # before a base that may take minutes to load
+    spec = recorded_base_spec(config, checkpoint_dir, model_name_or_path, quantization_bit)
     with named_hub_failure(spec.model_name_or_path, "base model"):
         base_config = AutoConfig.from_pretrained(spec.model_name_or_path, trust_remote_code=spec.trust_remote_code)
     check_fits_base(config, base_config, checkpoint_dir)

@@ -81,28 +81,23 @@ def load_session(
     ``base_only`` with a checkpoint loads its base and prompt format but not the prefix: the zero-shot baseline
     with exactly the prompts the prefix was trained on.
     """
-    from transformers import AutoTokenizer
 
-    from ptuning_v2.checkpoint import load_prefix_model, read_checkpoint_config
-    from ptuning_v2.quantization import BaseModelSpec, load_base_model
+    from ptuning_v2.checkpoint import load_prefix_model, read_checkpoint_config, recorded_base_spec
+    from ptuning_v2.quantization import BaseModelSpec, load_base_model, load_tokenizer
 
     prompt = {}
     if checkpoint:
         config = read_checkpoint_config(checkpoint)
         prompt = config.get("prompt") or {}
         if base_only:
-            spec = BaseModelSpec(**config["base_model"])
-            spec.model_name_or_path = model_path or spec.model_name_or_path
-            if quantization_bit != "recorded":
-                spec.quantization_bit = quantization_bit
-            model, spec = load_base_model(spec)
-            tokenizer = AutoTokenizer.from_pretrained(spec.model_name_or_path, trust_remote_code=spec.trust_remote_code)
+            model, spec = load_base_model(recorded_base_spec(config, checkpoint, model_path, quantization_bit))
+            tokenizer = load_tokenizer(spec.model_name_or_path, trust_remote_code=spec.trust_remote_code)
         else:
             model, tokenizer, _ = load_prefix_model(checkpoint, model_path, quantization_bit=quantization_bit)
     elif model_path:
         bit = None if quantization_bit == "recorded" else quantization_bit
         model, spec = load_base_model(BaseModelSpec(model_path, quantization_bit=bit))
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = load_tokenizer(model_path)
     else:
         raise ValueError("give a checkpoint, a base model path, or both")
     if tokenizer.pad_token_id is None:

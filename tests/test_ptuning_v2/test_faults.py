@@ -92,6 +92,8 @@ def test_moved_base_names_the_field_and_the_override_without_a_hub_lookup(tiny_c
         from ptuning_v2 import evaluate
 
         one_line_error(capsys, lambda: evaluate.main(["--checkpoint", str(ckpt)]))
+        base_only = one_line_error(capsys, lambda: evaluate.main(["--checkpoint", str(ckpt), "--base_only"]))
+        assert "field base_model.model_name_or_path" in base_only  # the zero-shot baseline names it too
         with pytest.raises(ModelPathError, match="base model directory not found: ./no/such/base"):
             load_base_model(BaseModelSpec("./no/such/base"))
         with pytest.raises(ModelPathError, match=f"base model directory not found: {moved}"):
