@@ -20,6 +20,16 @@ PAIRS = [("这个好不好", "好"), ("这个坏不坏", "坏"), ("天好不好"
          ("山好不好", "好"), ("火坏不坏", "坏"), ("月好不好", "好"), ("日坏不坏", "坏")]
 
 
+def training_argv(base_dir, tmp_path, output_dir) -> list[str]:
+    """A tiny training run's flags on PAIRS (written to tmp_path/train.jsonl): checkpoints every 2 steps."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"content": q, "summary": a}, ensure_ascii=False) + "\n" for q, a in PAIRS),
+                    encoding="utf-8")
+    return ["--model_name_or_path", str(base_dir), "--train_file", str(data), "--prompt_template", "plain",
+            "--pre_seq_len", "2", "--output_dir", str(output_dir), "--save_steps", "2",
+            "--per_device_train_batch_size", "4", "--logging_steps", "1", "--use_cpu", "--report_to", "none"]
+
+
 def one_line_error(capsys, main):
     """What an entry point prints for ``main``'s failure: exit status 2 and a single `error: ...` line, no traceback
     (progress bars of a model loaded before the failure may come first)."""
@@ -235,14 +245,9 @@ def test_max_nonfinite_steps_is_a_flag(tmp_path):
 def test_resume_skips_incomplete_checkpoints(tiny_base_dir, tmp_path, capsys):
     from ptuning_v2 import train
 
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"content": q, "summary": a}, ensure_ascii=False) + "\n" for q, a in PAIRS),
-                    encoding="utf-8")
     out = tmp_path / "run"
-    argv = ["--model_name_or_path", str(tiny_base_dir), "--train_file", str(data), "--prompt_template", "plain",
-            "--max_source_length", "16", "--max_target_length", "4", "--pre_seq_len", "2", "--output_dir", str(out),
-            "--save_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none",
-            "--logging_steps", "1", "--plot_loss", "False"]
+    argv = training_argv(tiny_base_dir, tmp_path, out) + ["--max_source_length", "16", "--max_target_length", "4",
+                                                          "--plot_loss", "False"]
     train.main(argv + ["--max_steps", "4"])
     # Killed while writing checkpoint-4's Trainer files: the prefix files are there, trainer_state.json is not.
     (out / "checkpoint-4" / "trainer_state.json").unlink()
@@ -291,13 +296,8 @@ def test_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_on
     import subprocess
     import sys
 
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"content": q, "summary": a}, ensure_ascii=False) + "\n" for q, a in PAIRS),
-                    encoding="utf-8")
     out = tmp_path / "run"
-    argv = ["--model_name_or_path", str(tiny_base_dir), "--train_file", str(data), "--prompt_template", "plain",
-            "--pre_seq_len", "2", "--output_dir", str(out), "--max_steps", "6", "--save_steps", "2",
-            "--per_device_train_batch_size", "4", "--logging_steps", "1", "--use_cpu", "--report_to", "none"]
+    argv = training_argv(tiny_base_dir, tmp_path, out) + ["--max_steps", "6"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, stage, *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
