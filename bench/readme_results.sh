@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# Reproduces the README's "Results on the shipped default" table, on this machine, from scratch:
-#   1. sentiment, seeds 42 43 44: the default `bash train.sh`, full fine-tuning of the same base and the previous
-#      default, each trained and tested by bench/learning.py (writes bench/results/learning-full.md);
-#   2. the zero-shot base with the same prompts (BASE_ONLY=1 evaluate.sh on the seed-42 checkpoint);
-#   3. TASK=idiom (content -> summary generation) with STEPS=300, on the first 200 test examples, with and without
-#      the prefix.
-# Prints the tables and metrics at the end. About 75 minutes on 2 CPU cores with nothing else running.
+# Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
+# (about 2 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# not trained again, so an interrupted run continues):
+#   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
+#      (bench/results/learning-full.md), and pre_seq_len 128 on seed 42 (learning-p128.md);
+#   2. the fit test: 512 training reviews, 600 steps (learning-fit.md);
+#   3. the factor screen: one change at a time, 300 steps, seeds 42 43 44 (learning-screen.md);
+#   4. probes on the frozen base and its loss before training (probe.md);
+#   5. the zero-shot base with the same prompts (BASE_ONLY=1 evaluate.sh on the seed-42 checkpoint);
+#   6. TASK=idiom with STEPS=300 on the first 200 test examples, with and without the prefix;
+#   7. training step time before/after the answer-window loss and length grouping (step_time.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
-"$PY" bench/learning.py --configs default,full_finetune,previous_default --seeds 42,43,44 \
-    --out bench/results/learning-full.md
+"$PY" bench/learning.py --configs default,full_finetune --seeds 42,43,44 --out bench/results/learning-full.md
+"$PY" bench/learning.py --configs pre_seq_len_128 --seeds 42 --out bench/results/learning-p128.md
+"$PY" bench/learning.py --configs fit_512,fit_512_pre_seq_len_128,fit_512_full_finetune --seeds 42 \
+    --out bench/results/learning-fit.md
+"$PY" bench/learning.py --steps 300 --seeds 42,43,44 \
+    --configs default,lr_1e-2,lr_1e-3,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init \
+    --out bench/results/learning-screen.md
+"$PY" bench/probe.py --train 4096
 BASE_ONLY=1 bash evaluate.sh output/learning/default/seed42
 rm -rf output/idiom
-/usr/bin/time -v -o output/idiom.time env TASK=idiom STEPS=300 bash train.sh
+/usr/bin/time -v -o output/idiom.time env TASK=idiom STEPS=300 bash train.sh > output/idiom.log 2>&1
 bash evaluate.sh output/idiom --max_samples 200
 BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
-cat bench/results/learning-full.md
-echo "== sentiment, base only (seed-42 checkpoint's prompts):"
+"$PY" bench/step_time.py
+cat bench/results/learning-full.md bench/results/learning-p128.md bench/results/learning-fit.md \
+    bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
+echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
 cat output/learning/default/seed42/eval-base-only/metrics.json
 echo "== idiom: $(grep -E 'Elapsed \(wall|Maximum resident' output/idiom.time | tr -s ' ' | paste -sd ';')"
 cat output/idiom/eval/metrics.json output/idiom/eval-base-only/metrics.json
