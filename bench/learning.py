@@ -45,7 +45,7 @@ CONFIGS: dict[str, dict] = {
     "lr_1e-2": {"changes": "learning rate 1e-2", "env": {"LR": "1e-2"}, "flags": []},
     "lr_1e-3": {"changes": "learning rate 1e-3", "env": {"LR": "1e-3"}, "flags": []},
     "cosine_warmup": {"changes": "cosine schedule, 10% warmup", "env": {},
-                      "flags": ["--lr_scheduler_type", "cosine", "--warmup_ratio", "0.1"]},
+                      "flags": ["--lr_scheduler_type", "cosine", "--warmup_steps", "0.1"]},
     "no_projection": {"changes": "no MLP projection (plain embedding), lr 3e-2", "env": {"PROJECTION": "0",
                                                                                           "LR": "3e-2"}, "flags": []},
     "pre_seq_len_64": {"changes": "pre_seq_len 64", "env": {"PRE_SEQ_LEN": "64"}, "flags": []},

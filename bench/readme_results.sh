@@ -3,7 +3,7 @@
 # (about 2 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
-#      (bench/results/learning-full.md), and pre_seq_len 128 on seed 42 (learning-p128.md);
+#      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
 #   2. the fit test: 512 training reviews, 600 steps (learning-fit.md);
 #   3. the factor screen: one change at a time, 300 steps, seeds 42 43 44 (learning-screen.md);
 #   4. probes on the frozen base and its loss before training (probe.md);
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
 "$PY" bench/learning.py --configs default,full_finetune --seeds 42,43,44 --out bench/results/learning-full.md
-"$PY" bench/learning.py --configs pre_seq_len_128 --seeds 42 --out bench/results/learning-p128.md
+"$PY" bench/learning.py --configs previous_default --seeds 42 --out bench/results/learning-previous.md
 "$PY" bench/learning.py --configs fit_512,fit_512_pre_seq_len_128,fit_512_full_finetune --seeds 42 \
     --out bench/results/learning-fit.md
 "$PY" bench/learning.py --steps 300 --seeds 42,43,44 \
@@ -27,7 +27,7 @@ rm -rf output/idiom
 bash evaluate.sh output/idiom --max_samples 200
 BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/step_time.py
-cat bench/results/learning-full.md bench/results/learning-p128.md bench/results/learning-fit.md \
+cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
 cat output/learning/default/seed42/eval-base-only/metrics.json
