@@ -169,14 +169,20 @@ def check_fits_base(config: dict, base_config, checkpoint_dir: str | Path = "che
         )
 
 
+def checkpoint_dirs(folder: str | Path) -> list[Path]:
+    """The checkpoint-N/ directories in ``folder``, oldest (smallest N) first; none if it is not a directory."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if CHECKPOINT_DIR.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)))
+
+
 def other_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     """The checkpoint-N/ directories next to ``checkpoint_dir`` (or inside it, for a run's output directory),
     oldest first, ``checkpoint_dir`` itself left out."""
     checkpoint_dir = Path(checkpoint_dir)
-    found = set()
-    for parent in (checkpoint_dir.parent, checkpoint_dir):
-        if parent.is_dir():
-            found.update(p for p in parent.iterdir() if CHECKPOINT_DIR.match(p.name) and p.is_dir())
+    found = set(checkpoint_dirs(checkpoint_dir.parent)) | set(checkpoint_dirs(checkpoint_dir))
     found.discard(checkpoint_dir)
     return sorted(found, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)))
 
@@ -353,11 +359,7 @@ def checkpoint_problem(checkpoint_dir: str | Path, prefix: bool = True) -> str |
 def last_complete_checkpoint(output_dir: str | Path, prefix: bool = True, log=print) -> str | None:
     """The newest complete ``checkpoint-N/`` in ``output_dir`` (see checkpoint_problem); each newer incomplete one
     is skipped with a line through ``log``. None when there is none."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    candidates = [p for p in output_dir.iterdir() if CHECKPOINT_DIR.match(p.name) and p.is_dir()]
-    for checkpoint in sorted(candidates, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)), reverse=True):
+    for checkpoint in reversed(checkpoint_dirs(output_dir)):
         problem = checkpoint_problem(checkpoint, prefix)
         if problem is None:
             return str(checkpoint)

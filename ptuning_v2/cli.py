@@ -9,27 +9,17 @@ from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.data import DataFormatError
 from ptuning_v2.quantization import ModelPathError
 
-USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError, ModelPathError)
+
+class UserError(Exception):
+    """Base of errors whose message says all the user needs (the trainer's and the converter's own)."""
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """USER_ERRORS, plus the trainer's NonFiniteTrainingError and the converter's ConvertError once their modules
-    are loaded.
-
-    The trainer module (the HF Trainer) is slow to import and chat/evaluate never need it, and the converter imports
-    this module; their errors can only be raised after they were imported, so they are looked up, not imported here.
-    """
-    trainer = sys.modules.get("ptuning_v2.trainer")
-    convert = sys.modules.get("ptuning_v2.convert")
-    return (USER_ERRORS + ((trainer.NonFiniteTrainingError,) if trainer is not None else ())
-            + ((convert.ConvertError,) if convert is not None else ()))
+USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError, ModelPathError, UserError)
 
 
 def run(main) -> None:
     try:
         main()
-    except Exception as e:
-        if not isinstance(e, user_errors()):
-            raise
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -28,11 +28,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model_patches import chatglm
-from ptuning_v2.cli import run
+from ptuning_v2.cli import UserError, run
 from ptuning_v2.data import PROMPT_TEMPLATES
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError, ValueError):
     """A directory or file the conversion cannot use; the message names it."""
 
 

@@ -24,7 +24,8 @@ from ptuning_v2.arguments import DataArguments, ModelArguments, PrefixArguments
 from ptuning_v2.cli import run
 from ptuning_v2.checkpoint import (CheckpointError, checkpoint_problem, encoder_config_from, last_complete_checkpoint,
                                    load_prefix_weights, read_checkpoint_config)
-from ptuning_v2.data import Columns, build_prompt_features, build_training_features, get_template, load_examples
+from ptuning_v2.data import (IGNORE_INDEX, Columns, DataFormatError, build_training_features, get_template,
+                             load_examples)
 from ptuning_v2.metrics import classification_labels
 from ptuning_v2.plotting import plot_loss
 from ptuning_v2.prefix_init import initialize_prefix_from_text
@@ -113,18 +114,18 @@ def tokenize_examples(examples, tokenizer, data_args: DataArguments) -> list[dic
     ]
 
 
-def label_scoring_for(examples, tokenizer, data_args: DataArguments, batch_size: int) -> LabelScoring | None:
-    """Validation by label scoring when the answers are a label set (--label_words, or detected); else None."""
+def label_scoring_for(examples, features, tokenizer, data_args: DataArguments, batch_size: int) -> LabelScoring | None:
+    """Validation by label scoring when the answers are a label set (--label_words, or detected); else None.
+
+    ``features``: the examples' training features; a prompt is a feature's input_ids before its first label."""
     references = [ex.response for ex in examples]
     labels = data_args.label_words.split(",") if data_args.label_words else classification_labels(references)
     if not labels:
         return None
     unknown = sorted(set(references) - set(labels))
     if unknown:
-        raise SystemExit(f"error: {data_args.validation_file} has answers outside --label_words: {', '.join(unknown[:5])}")
-    template = get_template(data_args.prompt_template)
-    prompts = [build_prompt_features(ex, tokenizer, template, data_args.max_source_length,
-                                     data_args.source_prefix)["input_ids"] for ex in examples]
+        raise DataFormatError(f"{data_args.validation_file}: answers outside --label_words: {', '.join(unknown[:5])}")
+    prompts = [f["input_ids"][:f["labels"].count(IGNORE_INDEX)] for f in features]
     candidates = [tokenizer.encode(label, add_special_tokens=False) for label in labels]
     print(f"validation: accuracy by label scoring over {', '.join(labels)}")
     return LabelScoring(tokenizer, prompts, candidates, [labels.index(r) for r in references], batch_size)
@@ -229,7 +230,7 @@ def main(argv=None) -> str:
     if data_args.validation_file:
         eval_examples = load_examples(data_args.validation_file, columns)[:data_args.max_eval_samples]
         eval_features = tokenize_examples(eval_examples, tokenizer, data_args)
-        label_scoring = label_scoring_for(eval_examples, tokenizer, data_args,
+        label_scoring = label_scoring_for(eval_examples, eval_features, tokenizer, data_args,
                                           training_args.per_device_eval_batch_size)
         evaluate_during_training(training_args, argv, classification=label_scoring is not None)
     print(f"train examples: {len(train_features)}" + (f", validation examples: {len(eval_features)}" if eval_features else ""))

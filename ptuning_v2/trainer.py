@@ -30,6 +30,7 @@ from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.trainer import SCHEDULER_NAME
 
 from ptuning_v2.checkpoint import last_complete_checkpoint, load_prefix_weights, save_prefix_checkpoint
+from ptuning_v2.cli import UserError
 from ptuning_v2.inference import InferenceSession, label_logprobs
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class ScoredEvaluation:
         return output
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(UserError, RuntimeError):
     """Training stopped: too many optimizer steps in a row had a NaN/inf loss or gradient. Names the step."""
 
 
