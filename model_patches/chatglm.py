@@ -209,6 +209,14 @@ SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 CHATGLM3_ROLES = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 PROMPT_PREFIX = ("[gMASK]", "sop")
 CHAT_FORMATS = ("chatglm2", "chatglm3")
+# GLM-4 (glm-4-9b-chat): a tiktoken ranks file (151,329 byte-level BPE ranks, cl100k_base's split pattern) as
+# tokenizer.model, read by ptuning_v2/tiktoken_fast.py; these 14 special tokens follow the ranks; every input starts
+# with [gMASK] <sop>; eos = pad = <|endoftext|>.
+GLM4 = "glm4"
+GLM4_SPECIALS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>") + CHATGLM3_ROLES + (
+    "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>")
+GLM4_PROMPT_PREFIX = ("[gMASK]", "<sop>")
+GLM4_EOS = "<|endoftext|>"
 
 
 def detect_chat_format(src: Path, config: dict) -> str:
@@ -221,14 +229,17 @@ def detect_chat_format(src: Path, config: dict) -> str:
 
 
 def special_tokens(chat_format: str, num_pieces: int) -> list[tuple[int, str]]:
-    """(id, content) of the special tokens, numbered after the sentencepiece pieces."""
-    names = SPECIALS + (CHATGLM3_ROLES if chat_format == "chatglm3" else ())
+    """(id, content) of the special tokens, numbered after the sentencepiece pieces (GLM-4: after the ranks)."""
+    if chat_format == GLM4:
+        names = GLM4_SPECIALS
+    else:
+        names = SPECIALS + (CHATGLM3_ROLES if chat_format == "chatglm3" else ())
     return [(num_pieces + i, name) for i, name in enumerate(names)]
 
 
 def stop_token_ids(chat_format: str, num_pieces: int, eos_id: int) -> list[int]:
-    """Generation ends at eos, and for ChatGLM3 also where the model starts the user's or a tool's turn."""
-    if chat_format != "chatglm3":
+    """Generation ends at eos, and for ChatGLM3 and GLM-4 also where the model starts the user's or a tool's turn."""
+    if chat_format not in ("chatglm3", GLM4):
         return [eos_id]
     ids = dict((name, i) for i, name in special_tokens(chat_format, num_pieces))
     return [eos_id, ids["<|user|>"], ids["<|observation|>"]]
@@ -241,7 +252,18 @@ def chat_template(chat_format: str, dummy_prefix: bool) -> str:
     Each encode() is a separate sentencepiece call with its own dummy "▁"; the fast tokenizer encodes the text
     between two special tokens as one string, so a space (which becomes that "▁") starts the content.
     ChatGLM2: [gMASK] sop + encode("[Round N]\n\n问：...\n\n答：" over the history), one string.
+    GLM-4: [gMASK]<sop>, then per message <|role|> + metadata + "\n" + content, then <|assistant|>; the text between
+    two special tokens is encoded as one string (no dummy prefix).
     """
+    if chat_format == GLM4:
+        return (
+            "[gMASK]<sop>{% for message in messages %}"
+            "{% if message['role'] not in ['system', 'user', 'assistant', 'observation'] %}"
+            "{{ raise_exception('GLM-4 roles are system, user, assistant and observation') }}{% endif %}"
+            "<|{{ message['role'] }}|>{{ message['metadata'] if message['metadata'] is defined else '' }}\n"
+            "{{ message['content'] if message['content'] else '' }}"
+            "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        )
     if chat_format == "chatglm3":
         sep = " " if dummy_prefix else ""
         return (

@@ -3,8 +3,9 @@
     python -m ptuning_v2.convert SRC DST
         a ChatGLM2-6B / ChatGLM3-6B / glm-4-9b-chat directory (model_type ``chatglm``) -> a native ``glm`` model
         directory: safetensors shards + model.safetensors.index.json, config.json, generation_config.json, and
-        for ChatGLM2/3's sentencepiece tokenizer.model a fast tokenizer (tokenizer.json) with the special tokens at
-        their ChatGLM ids, [gMASK] sop in front of every input, and the model's chat template.
+        a fast tokenizer (tokenizer.json) from tokenizer.model (ChatGLM2/3: sentencepiece; glm-4-9b-chat: tiktoken
+        ranks) with the special tokens at their ChatGLM ids, [gMASK] sop (GLM-4: [gMASK] <sop>) in front of every
+        input, and the model's chat template.
     python -m ptuning_v2.convert --ptuning_checkpoint OLD --base CONVERTED DST
         a THUDM ``ptuning/`` checkpoint (pytorch_model.bin with transformer.prefix_encoder.*, config.json with
         pre_seq_len and prefix_projection) -> this project's prefix checkpoint on the converted base.
@@ -150,14 +151,25 @@ def is_sentencepiece(path: Path) -> bool:
 
 def convert_tokenizer(src: Path, out: Path, config: dict, chat_format: str = "auto") -> tuple[str | None, list[int]]:
     """Write tokenizer.json + tokenizer_config.json (special tokens at their ChatGLM ids, a chat template) to
-    ``out`` from ``src/tokenizer.model`` (ChatGLM2/3 sentencepiece). Returns (the chat format, or None when the
-    tokenizer was not converted, and the generation stop ids)."""
+    ``out`` from ``src/tokenizer.model`` (ChatGLM2/3 sentencepiece, or GLM-4 tiktoken ranks). Returns (the chat
+    format, or None when the tokenizer was not converted, and the generation stop ids)."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     from ptuning_v2.sentencepiece_fast import sentencepiece_tokenizer
+    from ptuning_v2.tiktoken_fast import is_tiktoken_file, save_glm4_tokenizer
 
     model_file = src / "tokenizer.model"
+    if is_tiktoken_file(model_file):
+        if chat_format not in ("auto", chatglm.GLM4):
+            raise ConvertError(f"{model_file} is GLM-4's tiktoken tokenizer, which has one chat format; "
+                               f"--chat_format {chat_format} is for ChatGLM2/3's sentencepiece tokenizer")
+        try:
+            stop_ids = save_glm4_tokenizer(model_file, out, config.get("seq_length", 8192),
+                                           config.get("padded_vocab_size", config.get("vocab_size")))
+        except ValueError as e:
+            raise ConvertError(str(e)) from None
+        return chatglm.GLM4, stop_ids
     if not is_sentencepiece(model_file):
         return None, []
     import sentencepiece as spm
@@ -198,7 +210,7 @@ def convert_model(src: str | Path, dst: str | Path, progress: bool = True, chat_
                   log=print) -> Path:
     """Convert the ChatGLM directory ``src`` into a native glm directory ``dst`` (which must be new or empty):
     weights and config, and the tokenizer when it is ChatGLM2/3's sentencepiece one (``chat_format``: auto,
-    chatglm2 or chatglm3 decides the special tokens and the chat template)."""
+    chatglm2 or chatglm3 decides the special tokens and the chat template) or GLM-4's tiktoken one."""
     from transformers import GenerationConfig
 
     src, dst = Path(src), Path(dst)
@@ -228,8 +240,8 @@ def convert_model(src: str | Path, dst: str | Path, progress: bool = True, chat_
         glm.save_pretrained(tmp)
         converted_format, stop_ids = convert_tokenizer(src, tmp, config, chat_format)
         if converted_format is None:
-            log(f"note: {src / 'tokenizer.model'} is not a sentencepiece model (GLM-4's tiktoken tokenizer is not "
-                "converted yet); the output has no tokenizer")
+            log(f"note: {src / 'tokenizer.model'} is neither a sentencepiece model nor a tiktoken ranks file; the "
+                "output has no tokenizer")
         else:
             log(f"tokenizer converted ({converted_format} special tokens and chat template)")
         generation = generation_config_dict(src, chatglm.glm_config_kwargs(config), stop_ids)
@@ -259,8 +271,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "template, as ChatGLM3's finetune_demo]")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--chat_format", choices=("auto",) + chatglm.CHAT_FORMATS, default="auto",
-                   help="special tokens and chat template of the converted tokenizer [auto: chatglm3 when the "
-                        "source's tokenizer files mention <|observation|> or its name says chatglm3]")
+                   help="special tokens and chat template of a converted sentencepiece tokenizer [auto: chatglm3 "
+                        "when the source's tokenizer files mention <|observation|> or its name says chatglm3; GLM-4's "
+                        "tiktoken tokenizer has its own]")
     args = p.parse_args(argv)
     if args.ptuning_checkpoint:
         if len(args.paths) != 1 or not args.base:

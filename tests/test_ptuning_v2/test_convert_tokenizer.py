@@ -118,13 +118,13 @@ def test_sentencepiece_settings_are_followed(tmp_path, settings):
 
 
 def test_a_tokenizer_model_that_is_not_sentencepiece_is_left_out(tmp_path):
-    # GLM-4 ships tiktoken ranks (base64 lines) as tokenizer.model: not converted yet, said in one line.
+    # Neither sentencepiece nor tiktoken ranks (GLM-4's, see test_convert_glm4_tokenizer.py): said in one line.
     src = tmp_path / "src"
     write_chatglm_checkpoint(src)
-    (src / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")
+    (src / "tokenizer.model").write_bytes(b"not a tokenizer\x00\xff\n")
     lines = []
     convert_model(src, tmp_path / "dst", progress=False, log=lines.append)
-    assert any("not a sentencepiece model" in line for line in lines)
+    assert any("neither a sentencepiece model nor a tiktoken ranks file" in line for line in lines)
     assert not (tmp_path / "dst" / "tokenizer.json").exists()
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["model_type"] == "glm"
 
