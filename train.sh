@@ -6,14 +6,20 @@
 #   TASK         sentiment | idiom | multiturn               [sentiment; none when TRAIN_FILE is given]
 #   TRAIN_FILE / VALIDATION_FILE / TEST_FILE                 [the TASK's files under data/generated/]
 #                with TRAIN_FILE and no TASK, no task preset applies: pass the column/template flags yourself
-#   PRE_SEQ_LEN  virtual tokens per layer                    [16]
-#   PROJECTION   1: reparameterize the prefix with an MLP (--prefix_projection); 0: plain embedding   [1]
+#   METHOD       ptuning_v2 (a prefix at every layer) | prompt_tuning (a soft prompt at the input only) |
+#                ptuning_v1 (pseudo tokens through an LSTM+MLP prompt encoder, at the input)       [ptuning_v2]
+#   PRE_SEQ_LEN  virtual tokens (per layer for ptuning_v2)   [16]
+#   PROJECTION   ptuning_v2: 1 reparameterizes the prefix with an MLP (--prefix_projection, prefix-tuning);
+#                0: plain embedding                          [1]
 #   LR           learning rate        [sentiment and custom: 3e-3 (bench/learning.py); idiom, multiturn: 3e-2]
-#   DROPOUT      dropout on the prefix keys/values while training (--prefix_dropout)              [0]
+#   DROPOUT      ptuning_v2: dropout on the prefix keys/values while training (--prefix_dropout)  [0]
 #   STEPS        optimizer steps                             [2000: about 6 minutes on 2 cores; evaluated every 100, the best is kept]
 #   BATCH        examples per step                           [16]
-#   INIT_TEXT    start the prefix from the base's own keys/values of this text (--prefix_init_text); empty: random
+#   INIT_TEXT    ptuning_v2: start the prefix from the base's own keys/values of this text (--prefix_init_text);
+#                prompt_tuning: from the text's token embeddings (--prompt_init text); empty: random
 #                [sentiment: the task's instruction; other tasks: empty]
+#   PROMPT_INIT  prompt_tuning: random | vocab | text                [text when INIT_TEXT is set, else random]
+#   PROMPT_ENCODER  ptuning_v1: lstm | mlp                           [lstm]
 #   SEED         random seed (prefix init, data order, dropout)                                       [42]
 #   QUANT        4 or 8 to load the frozen base in int4/int8 [unset: full precision]
 #   OUTPUT_DIR   where checkpoints go                        [output/$TASK]
@@ -71,9 +77,20 @@ DATA_ARGS=(--train_file "$TRAIN_FILE")
 [ -n "${VALIDATION_FILE:-}" ] && DATA_ARGS+=(--validation_file "$VALIDATION_FILE")
 [ -n "${TEST_FILE:-}" ] && DATA_ARGS+=(--test_file "$TEST_FILE")
 
-PREFIX_ARGS=()
-if [ "$PROJECTION" = 1 ]; then PREFIX_ARGS=(--prefix_projection); fi
-if [ -n "${INIT_TEXT:-}" ]; then PREFIX_ARGS+=(--prefix_init_text "$INIT_TEXT"); fi
+METHOD=${METHOD:-ptuning_v2}
+PREFIX_ARGS=(--method "$METHOD" --pre_seq_len "$PRE_SEQ_LEN")
+case "$METHOD" in
+  ptuning_v2)
+    PREFIX_ARGS+=(--prefix_dropout "$DROPOUT")
+    if [ "$PROJECTION" = 1 ]; then PREFIX_ARGS+=(--prefix_projection); fi
+    if [ -n "${INIT_TEXT:-}" ]; then PREFIX_ARGS+=(--prefix_init_text "$INIT_TEXT"); fi ;;
+  prompt_tuning)
+    if [ -n "${INIT_TEXT:-}" ]; then PROMPT_INIT=${PROMPT_INIT:-text}; else PROMPT_INIT=${PROMPT_INIT:-random}; fi
+    PREFIX_ARGS+=(--prompt_init "$PROMPT_INIT")
+    if [ "$PROMPT_INIT" = text ]; then PREFIX_ARGS+=(--prompt_init_text "$INIT_TEXT"); fi ;;
+  ptuning_v1) PREFIX_ARGS+=(--prompt_encoder_type "${PROMPT_ENCODER:-lstm}") ;;
+  *) echo "METHOD must be ptuning_v2, prompt_tuning or ptuning_v1" >&2; exit 2 ;;
+esac
 QUANT_ARGS=()
 if [ -n "$QUANT" ]; then QUANT_ARGS=(--quantization_bit "$QUANT" --gradient_checkpointing); fi
 
@@ -94,7 +111,7 @@ exec "${LAUNCH[@]}" -m ptuning_v2.train \
     --model_name_or_path "$MODEL" \
     "${DATA_ARGS[@]}" \
     "${TASK_ARGS[@]}" \
-    --pre_seq_len "$PRE_SEQ_LEN" "${PREFIX_ARGS[@]}" --prefix_dropout "$DROPOUT" \
+    "${PREFIX_ARGS[@]}" \
     --learning_rate "$LR" --max_steps "$STEPS" --train_sampling_strategy group_by_length \
     --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --max_eval_samples 500 \
     --logging_steps 10 --save_steps 100 --save_total_limit 3 --report_to none --seed "$SEED" \

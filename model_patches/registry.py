@@ -5,7 +5,9 @@ A patch answers three questions about a loaded model:
     value are (batch, num_kv_heads, pre_seq_len, head_dim);
   * ``decoder_layers(model)``: the decoder layer modules, in order;
   * ``prepare(model)``: any one-off change the architecture needs before a prefix can be injected
-    (for the HF-native decoders: allow gradient checkpointing to keep the read-only prefix cache).
+    (for the HF-native decoders: allow gradient checkpointing to keep the read-only prefix cache);
+  * ``input_embeddings(model)``: the token embedding table (vocab, hidden) that input-level methods (prompt
+    tuning, P-tuning v1) initialise soft prompts from and whose width they emit.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ModelPatch:
     kv_shape: Callable[[object], KVShape]
     decoder_layers: Callable[[nn.Module], list[nn.Module]]
     prepare: Callable[[nn.Module], None]
+    input_embeddings: Callable[[nn.Module], nn.Module] = lambda model: model.get_input_embeddings()
 
 
 _REGISTRY: dict[str, ModelPatch] = {}

@@ -27,9 +27,16 @@ class ModelArguments:
 
 @dataclass
 class PrefixArguments:
-    pre_seq_len: int = field(default=128, metadata={"help": "Number of virtual prefix tokens per layer."})
+    method: str = field(default="ptuning_v2", metadata={
+        "help": "What is trained (recorded in the checkpoint): ptuning_v2 (a key/value prefix at every layer; "
+                "with --prefix_projection: prefix-tuning), prompt_tuning (a soft prompt at the input only), "
+                "ptuning_v1 (pseudo tokens through an LSTM/MLP prompt encoder, at the input)."})
+    pre_seq_len: int = field(default=128, metadata={
+        "help": "Number of virtual tokens: the prefix length per layer (ptuning_v2), the soft prompt's length "
+                "(prompt_tuning, ptuning_v1)."})
     prefix_projection: bool = field(
-        default=False, metadata={"help": "Reparameterize the prefix with an Embedding -> Linear -> Tanh -> Linear MLP."}
+        default=False, metadata={"help": "ptuning_v2: reparameterize the prefix with an Embedding -> Linear -> Tanh -> "
+                                         "Linear MLP (prefix-tuning)."}
     )
     prefix_hidden_size: int | None = field(
         default=None, metadata={"help": "Hidden width of the projection MLP (default: the model's hidden size)."}
@@ -42,6 +49,16 @@ class PrefixArguments:
                           "cut to pre_seq_len tokens) instead of at random; e.g. the task instruction. With "
                           "--prefix_projection the MLP's output layer is solved so it emits the same prefix."},
     )
+    prompt_init: str = field(default="random", metadata={
+        "help": "prompt_tuning: start the soft prompt at random (the embedding table's scale), from the embeddings "
+                "of sampled vocabulary (vocab, seeded by --seed) or of --prompt_init_text (text)."})
+    prompt_init_text: str | None = field(default=None, metadata={
+        "help": "prompt_tuning with --prompt_init text: the text whose token embeddings (repeated or cut to "
+                "pre_seq_len) start the soft prompt; e.g. the task instruction."})
+    prompt_encoder_type: str = field(default="lstm", metadata={
+        "help": "ptuning_v1: lstm (a 2-layer BiLSTM then an MLP, as in the paper) or mlp (the MLP alone)."})
+    prompt_encoder_hidden_size: int | None = field(default=None, metadata={
+        "help": "ptuning_v1: hidden width of the prompt encoder's MLP (default: the model's hidden size)."})
     max_nonfinite_steps: int = field(
         default=3,
         metadata={"help": "An optimizer step whose loss or gradient is NaN/inf is skipped and logged; this many in a "

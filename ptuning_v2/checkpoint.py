@@ -1,13 +1,14 @@
 """Self-describing prefix checkpoints.
 
 A checkpoint directory holds
-  * ``prefix_config.json``: everything needed to rebuild base + prefix: the encoder shape (pre_seq_len,
-    prefix_projection and its widths, dropout), the base's shape as the prefix sees it (model_type, num_layers,
+  * ``prefix_config.json``: everything needed to rebuild base + prefix: the method (``method``, see
+    ptuning_v2/methods; absent in checkpoints written before there were several: ptuning_v2) and its encoder's
+    shape (pre_seq_len, prefix_projection and its widths, dropout; a soft prompt's width and initialisation), the base's shape as the prefix sees it (model_type, num_layers,
     num_kv_heads, head_dim), how the base was loaded (path, dtype, quantization) and how prompts were formatted;
-  * ``prefix_model.safetensors``: the PrefixEncoder's state dict, exactly its keys, fp32:
+  * ``prefix_model.safetensors``: the encoder's state dict, exactly its keys, fp32. For ptuning_v2:
       embedding.weight (P, N*2*H*D) without projection, or
       embedding.weight (P, E), trans.0.weight (hidden, E), trans.0.bias, trans.2.weight (N*2*H*D, hidden),
-      trans.2.bias with it.
+      trans.2.bias with it; for the other methods see their modules.
 Files are written to a temporary name and renamed, so a killed run never leaves a half-written file.
 ``prefix_config.json`` records the sha256 of the weights file (``weights_sha256``), and loading checks it, so an
 edited, swapped or damaged weights file is named instead of loaded; checkpoints written before the field existed
@@ -30,18 +31,19 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ptuning_v2.prefix_encoder import PrefixEncoder, PrefixEncoderConfig
+from ptuning_v2.methods import UnknownMethodError, config_from_record, get_method
+from ptuning_v2.prefix_encoder import PrefixEncoder
 
 CONFIG_NAME = "prefix_config.json"
 WEIGHTS_NAME = "prefix_model.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"  # the HF Trainer's, the last file it writes into a checkpoint-N/
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 FORMAT_VERSION = 1
-ENCODER_FIELDS = ("pre_seq_len", "num_layers", "num_kv_heads", "head_dim", "prefix_projection", "embed_dim",
-                  "prefix_hidden_size", "prefix_dropout")
 # Fields that must agree with the base model a checkpoint is loaded onto.
 BASE_SHAPE_FIELDS = ("model_type", "num_layers", "num_kv_heads", "head_dim")
-REQUIRED_FIELDS = ("format_version", *ENCODER_FIELDS, "model_type", "base_model")
+# Every method's checkpoint has these; each method adds its own encoder fields (checked by read_checkpoint_config).
+REQUIRED_FIELDS = ("format_version", "pre_seq_len", "num_layers", "num_kv_heads", "head_dim", "model_type",
+                   "base_model")
 
 
 class CheckpointError(ValueError):
@@ -115,6 +117,7 @@ def checkpoint_config(model) -> dict:
         spec["model_name_or_path"] = os.path.abspath(path)
     return {
         "format_version": FORMAT_VERSION,
+        "method": model.method.name,
         **model.encoder_config.to_dict(),
         "model_type": model.config.model_type,
         "projected_export": False,
@@ -137,7 +140,11 @@ def read_checkpoint_config(checkpoint_dir: str | Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    missing = [f for f in REQUIRED_FIELDS if f not in config]
+    try:
+        method = get_method(config.get("method"))
+    except UnknownMethodError as e:
+        raise CheckpointError(f"{path}: field method: {e}") from None
+    missing = [f for f in (*REQUIRED_FIELDS, *method.required_fields()) if f not in config]
     if missing:
         raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
     if config["format_version"] > FORMAT_VERSION:
@@ -149,8 +156,9 @@ def read_checkpoint_config(checkpoint_dir: str | Path) -> dict:
     return config
 
 
-def encoder_config_from(config: dict) -> PrefixEncoderConfig:
-    return PrefixEncoderConfig(**{f: config[f] for f in ENCODER_FIELDS})
+def encoder_config_from(config: dict):
+    """The encoder config (of the recorded method) a checkpoint's prefix_config.json content describes."""
+    return config_from_record(config)
 
 
 def check_fits_base(config: dict, base_config, checkpoint_dir: str | Path = "checkpoint") -> None:
@@ -225,7 +233,7 @@ def verified_weights(checkpoint_dir: str | Path, config: dict | None = None,
     return tensors
 
 
-def read_prefix_weights(checkpoint_dir: str | Path, encoder: PrefixEncoder,
+def read_prefix_weights(checkpoint_dir: str | Path, encoder: torch.nn.Module,
                         config: dict | None = None) -> dict[str, torch.Tensor]:
     """Tensors from prefix_model.safetensors, verified (see verified_weights) and checked against ``encoder``'s keys
     and shapes. ``config``: the checkpoint's prefix_config.json content, if already read."""
@@ -234,7 +242,7 @@ def read_prefix_weights(checkpoint_dir: str | Path, encoder: PrefixEncoder,
     return tensors
 
 
-def check_tensors_fit(tensors: dict[str, torch.Tensor], encoder: PrefixEncoder, checkpoint_dir: str | Path) -> None:
+def check_tensors_fit(tensors: dict[str, torch.Tensor], encoder: torch.nn.Module, checkpoint_dir: str | Path) -> None:
     """Raise CheckpointError naming every missing, unexpected or mis-shaped tensor."""
     path = Path(checkpoint_dir) / WEIGHTS_NAME
     expected = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
@@ -251,8 +259,10 @@ def load_prefix_weights(model, checkpoint_dir: str | Path) -> None:
     config = read_checkpoint_config(checkpoint_dir)
     check_fits_base(config, model.config, checkpoint_dir)
     if encoder_config_from(config) != model.encoder_config:
-        ours, theirs = model.encoder_config.to_dict(), encoder_config_from(config).to_dict()
-        diff = [f"{k}: checkpoint has {theirs[k]!r}, this run has {ours[k]!r}" for k in ours if ours[k] != theirs[k]]
+        ours = {"method": model.method.name, **model.encoder_config.to_dict()}
+        theirs = {"method": get_method(config.get("method")).name, **encoder_config_from(config).to_dict()}
+        diff = [f"{k}: checkpoint has {theirs.get(k)!r}, this run has {ours.get(k)!r}"
+                for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)]
         raise CheckpointMismatchError(f"{Path(checkpoint_dir) / CONFIG_NAME} does not fit this run:\n  " + "\n  ".join(diff))
     tensors = read_prefix_weights(checkpoint_dir, model.prefix_encoder, config)
     model.prefix_encoder.load_state_dict(tensors)
@@ -320,7 +330,7 @@ def load_prefix_model(
 def export_projected(checkpoint_dir: str | Path, output_dir: str | Path) -> Path:
     """Write a copy of a prefix_projection checkpoint whose prefix is the MLP's output: inference skips the MLP."""
     config = read_checkpoint_config(checkpoint_dir)
-    if not config["prefix_projection"]:
+    if get_method(config.get("method")).name != "ptuning_v2" or not config["prefix_projection"]:
         raise CheckpointError(f"{Path(checkpoint_dir) / CONFIG_NAME}: field prefix_projection is false; "
                               "there is no projection to export")
     encoder = PrefixEncoder(encoder_config_from(config))

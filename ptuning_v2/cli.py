@@ -7,6 +7,7 @@ import sys
 from model_patches import UnsupportedModelError
 from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.data import DataFormatError
+from ptuning_v2.methods import MethodFlagError
 from ptuning_v2.quantization import ModelPathError
 
 
@@ -14,7 +15,7 @@ class UserError(Exception):
     """Base of errors whose message says all the user needs (the trainer's and the converter's own)."""
 
 
-USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError, ModelPathError, UserError)
+USER_ERRORS = (DataFormatError, CheckpointError, UnsupportedModelError, ModelPathError, MethodFlagError, UserError)
 
 
 def run(main) -> None:

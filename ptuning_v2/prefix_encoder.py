@@ -75,6 +75,10 @@ class PrefixEncoder(nn.Module):
         per_layer = per_layer.unsqueeze(1).expand(-1, batch_size, -1, -1, -1)  # (N*2, B, H, P, D), no copy
         return [(per_layer[2 * i], per_layer[2 * i + 1]) for i in range(cfg.num_layers)]
 
+    def prefix_kv(self, base: nn.Module, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The method interface (ptuning_v2/methods): a deep prefix needs nothing from the base."""
+        return self(batch_size)
+
     @torch.no_grad()
     def projected(self) -> "PrefixEncoder":
         """An equivalent encoder without the MLP: its embedding table is this encoder's projected output.

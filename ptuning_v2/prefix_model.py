@@ -1,4 +1,7 @@
-"""PrefixModel: a frozen base causal LM plus a trainable PrefixEncoder.
+"""PrefixModel: a frozen base causal LM plus a trainable encoder that makes its per-layer key/value prefix.
+
+The encoder is the method's (ptuning_v2/methods: a deep PrefixEncoder for P-tuning v2 and prefix-tuning, an
+input-level soft prompt for prompt tuning and P-tuning v1); it is kept as ``prefix_encoder`` whatever the method.
 
 Shapes (B = batch, L = tokens, P = pre_seq_len, V = vocab):
   forward(input_ids (B, L), attention_mask (B, L))
@@ -28,9 +31,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model_patches import get_patch
+from ptuning_v2.methods import method_of_config
 from ptuning_v2.positions import real_token_positions, with_prefix_mask
 from ptuning_v2.prefix_cache import PrefixKV, generation_prefix_cache, read_only_prefix_cache
-from ptuning_v2.prefix_encoder import PrefixEncoder, PrefixEncoderConfig
+from ptuning_v2.prefix_encoder import PrefixEncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,11 @@ def is_trainable(parameter_name: str) -> bool:
     return parameter_name.startswith(ENCODER_ATTR + ".")
 
 
+def base_kv_shape(base_config):
+    """The base's per-layer key/value shape (num_layers, num_kv_heads, head_dim), read through its model patch."""
+    return get_patch(base_config).kv_shape(base_config)
+
+
 def encoder_config_for(
     base_config,
     pre_seq_len: int,
@@ -49,7 +58,7 @@ def encoder_config_for(
     prefix_dropout: float = 0.0,
 ) -> PrefixEncoderConfig:
     """The encoder shape a base model needs, read through its model patch."""
-    shape = get_patch(base_config).kv_shape(base_config)
+    shape = base_kv_shape(base_config)
     hidden = base_config.hidden_size
     return PrefixEncoderConfig(
         pre_seq_len=pre_seq_len,
@@ -121,14 +130,16 @@ class PrefixModel(nn.Module):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
 
-    def __init__(self, base: nn.Module, encoder_config: PrefixEncoderConfig, base_spec=None, prompt_settings=None):
+    def __init__(self, base: nn.Module, encoder_config, base_spec=None, prompt_settings=None):
         super().__init__()
         self.base = base
         self.base_spec = base_spec            # how the base was loaded; recorded in checkpoints
         self.prompt_settings = prompt_settings  # how examples were formatted; recorded in checkpoints
         self.patch = get_patch(base.config)
         self.patch.prepare(base)
-        self.prefix_encoder = PrefixEncoder(encoder_config).to(device=self._base_device(), dtype=torch.float32)
+        self.method = method_of_config(encoder_config)
+        encoder = self.method.encoder_class(encoder_config)
+        self.prefix_encoder = encoder.to(device=self._base_device(), dtype=torch.float32)
         for name, param in self.named_parameters():
             param.requires_grad_(is_trainable(name))
         trainable, total = self.count_parameters()
@@ -155,7 +166,7 @@ class PrefixModel(nn.Module):
         return self.base.config
 
     @property
-    def encoder_config(self) -> PrefixEncoderConfig:
+    def encoder_config(self):
         return self.prefix_encoder.config
 
     def _base_device(self) -> torch.device:
@@ -169,7 +180,7 @@ class PrefixModel(nn.Module):
     def prefix_kv(self, batch_size: int) -> PrefixKV:
         """Per-layer (key, value), each (B, H, P, D), cast once from fp32 to the base's compute dtype."""
         dtype = self.compute_dtype()
-        return [(k.to(dtype), v.to(dtype)) for k, v in self.prefix_encoder(batch_size)]
+        return [(k.to(dtype), v.to(dtype)) for k, v in self.prefix_encoder.prefix_kv(self.base, batch_size)]
 
     def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, num_items_in_batch=None,
                 **kwargs):

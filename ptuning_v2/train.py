@@ -28,8 +28,8 @@ from ptuning_v2.data import (IGNORE_INDEX, Columns, DataFormatError, build_train
                              load_examples)
 from ptuning_v2.metrics import classification_labels
 from ptuning_v2.plotting import plot_loss
-from ptuning_v2.prefix_init import initialize_prefix_from_text
-from ptuning_v2.prefix_model import PrefixModel, encoder_config_for
+from ptuning_v2.methods import check_flags_apply, get_method
+from ptuning_v2.prefix_model import PrefixModel
 from ptuning_v2.quantization import BaseModelSpec, load_base_model, load_tokenizer, resolve_model_path
 from ptuning_v2.trainer import LabelScoring, PrefixTrainer, ScoredSeq2SeqTrainer
 
@@ -95,6 +95,8 @@ def prompt_settings(data_args: DataArguments) -> dict:
         "max_source_length": data_args.max_source_length,
         "max_target_length": data_args.max_target_length,
         "test_file": os.path.abspath(data_args.test_file) if data_args.test_file else None,
+        # evaluate --num_shots draws its in-context demonstrations from here
+        "train_file": os.path.abspath(data_args.train_file) if data_args.train_file else None,
         "columns": {"prompt": data_args.prompt_column, "response": data_args.response_column,
                     "history": data_args.history_column, "input": data_args.input_column},
     }
@@ -148,11 +150,15 @@ def evaluate_during_training(training_args, argv: list[str], classification: boo
 
 
 def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_args: DataArguments, tokenizer,
-                resume_checkpoint: str | None = None, device: torch.device | None = None) -> PrefixModel:
-    """Base + prefix. A checkpoint to resume or continue from decides the prefix shape, not the flags.
+                resume_checkpoint: str | None = None, device: torch.device | None = None,
+                seed: int = 42) -> PrefixModel:
+    """Base + the method's encoder. A checkpoint to resume or continue from decides the method and its shape, not
+    the flags.
 
     ``device``: this process's device (each rank's own GPU when several processes train).
     """
+    method = get_method(prefix_args.method)
+    check_flags_apply(method, prefix_args)
     spec = BaseModelSpec(
         model_name_or_path=model_args.model_name_or_path,
         torch_dtype=model_args.torch_dtype,
@@ -168,15 +174,14 @@ def build_model(model_args: ModelArguments, prefix_args: PrefixArguments, data_a
         # Its recorded shape wins: the user does not repeat the prefix flags.
         encoder_config = encoder_config_from(read_checkpoint_config(shape_source))
     else:
-        encoder_config = encoder_config_for(base.config, prefix_args.pre_seq_len, prefix_args.prefix_projection,
-                                            prefix_args.prefix_hidden_size, prefix_args.prefix_dropout)
+        encoder_config = method.config_from_args(base.config, prefix_args)
     model = PrefixModel(base, encoder_config, base_spec=spec, prompt_settings=prompt_settings(data_args))
     if model_args.ptuning_checkpoint:
         load_prefix_weights(model, model_args.ptuning_checkpoint)
-    elif prefix_args.prefix_init_text and not resume_checkpoint:
-        ids = initialize_prefix_from_text(model, tokenizer, prefix_args.prefix_init_text)
-        print(f"prefix initialized from the base's keys/values of {len(ids)} tokens: "
-              f"{tokenizer.decode(ids)!r}")
+    elif not resume_checkpoint:
+        message = model.method.initialize(model, tokenizer, prefix_args, seed)
+        if message:
+            print(message)
     trainable, total = model.count_parameters()
     print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
     return model
@@ -247,7 +252,8 @@ def main(argv=None) -> str:
     if prefix_args.full_finetune:  # the baseline: the stock Trainer trains the base and saves it with save_pretrained
         model, trainer_class = build_full_model(model_args, training_args.device), ScoredSeq2SeqTrainer
     else:
-        model = build_model(model_args, prefix_args, data_args, tokenizer, resume, training_args.device)
+        model = build_model(model_args, prefix_args, data_args, tokenizer, resume, training_args.device,
+                            seed=training_args.seed)
         trainer_class = PrefixTrainer
     if not prefix_args.full_finetune:
         # Left padding puts every answer at the end of the batch, so the prefix model computes logits for only the

@@ -156,3 +156,33 @@ def test_validation_accuracy_is_label_scoring_on_the_validation_prompts(tiny_bas
     metrics = evaluate.main(["--checkpoint", str(out / "checkpoint-2"), "--test_file", str(data_file),
                              "--max_new_tokens", "2", "--output_dir", str(tmp_path / "eval")])
     assert metrics["label_scoring_accuracy"] == logged
+
+
+@pytest.mark.parametrize("method_flags", [["--method", "prompt_tuning", "--prompt_init", "vocab"],
+                                          ["--method", "ptuning_v1", "--prompt_encoder_type", "lstm"]])
+def test_each_method_trains_resumes_and_continues_from_its_recorded_method(tiny_base_dir, data_file, tmp_path,
+                                                                          method_flags):
+    method = method_flags[1]
+    out = tmp_path / "run"
+    log = run_train(tiny_base_dir, data_file, out, max_steps=2, extra=method_flags)
+    assert json.loads((out / CONFIG_NAME).read_text())["method"] == method
+    assert "trainable params:" in log
+    # Resume and continued training take the method from the checkpoint: no --method on these command lines.
+    log = run_train(tiny_base_dir, data_file, out, max_steps=4)
+    assert f"resuming from {out / 'checkpoint-2'}" in log
+    second = tmp_path / "second"
+    run_train(tiny_base_dir, data_file, second, max_steps=2, extra=["--ptuning_checkpoint", str(out)])
+    for run_dir in (out, second):
+        model, tokenizer, config = load_prefix_model(run_dir)
+        assert config["method"] == method and model.method.name == method
+
+
+def test_a_flag_of_another_method_stops_training_with_its_name(tiny_base_dir, data_file, tmp_path):
+    cmd = [sys.executable, "-m", "ptuning_v2.train", "--model_name_or_path", str(tiny_base_dir), "--train_file",
+           str(data_file), "--output_dir", str(tmp_path / "x"), "--method", "prompt_tuning", "--prefix_projection",
+           "--use_cpu", "--report_to", "none"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert "--prefix_projection applies to --method ptuning_v2, not to --method prompt_tuning" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,71 @@
+"""Input-level soft prompts as a prefix: run P prompt embeddings through the frozen base, keep their keys/values.
+
+A soft prompt of P vectors in front of the input (prompt tuning, P-tuning v1) is attended to by every real token
+and attends to nothing after it (causal attention). So its per-layer keys/values depend on the prompt alone, and
+computing them once with a P-token forward, then handing them to the base as a prefix, is exactly the same model as
+concatenating the embeddings to the input, with the gradient reaching the prompt through that P-token forward.
+Everything built for deep prefixes (generation, scoring, gradient checkpointing, int8/int4, DeepSpeed) is reused.
+
+Shapes: ``embeddings`` (P, hidden) fp32 -> a list of N pairs (key, value), each (B, num_kv_heads, P, head_dim)
+in the base's compute dtype; the batch dimension is an expanded view (one P-token forward per step, not per
+example). The prompt sits at positions -P .. -1 and real tokens start at 0, as with ``--prefix_init_text``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+from model_patches import get_patch
+
+
+@contextmanager
+def checkpointing_paused(base: nn.Module):
+    """Gradient checkpointing off for the P-token forward: that forward *writes* a cache, which a checkpointed
+    layer would write twice (forward, then the backward replay). Its activations are P tokens of batch 1."""
+    paused = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in paused:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in paused:
+            module.gradient_checkpointing = True
+
+
+def input_prompt_kv(base: nn.Module, embeddings: torch.Tensor, batch_size: int):
+    """Per-layer (key, value), each (B, H, P, D): the base's keys/values of ``embeddings`` (P, hidden) as inputs."""
+    table = get_patch(base.config).input_embeddings(base)
+    length = embeddings.shape[0]
+    inputs = embeddings.to(table.weight.dtype).unsqueeze(0)                       # (1, P, hidden)
+    positions = torch.arange(-length, 0, device=inputs.device).unsqueeze(0)
+    with checkpointing_paused(base):
+        out = base(inputs_embeds=inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return [(layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
+            for layer in out.past_key_values.layers]
+
+
+def embedding_table(base: nn.Module) -> torch.Tensor:
+    """The base's token embedding weights (vocab, hidden), as fp32 (asked of the model patch)."""
+    return get_patch(base.config).input_embeddings(base).weight.detach().float()
+
+
+def text_token_ids(tokenizer, text: str, length: int) -> list[int]:
+    """The text's ids (no special tokens), repeated until there are ``length`` of them, then cut to that."""
+    from ptuning_v2.prefix_init import prefix_token_ids
+
+    return prefix_token_ids(tokenizer, text, length)
+
+
+def vocab_token_ids(tokenizer, length: int, seed: int, vocab_rows: int) -> list[int]:
+    """``length`` distinct ordinary token ids drawn with ``seed`` (special tokens left out, and ids past the
+    embedding table's ``vocab_rows``): prompt tuning's initialisation "from sampled vocabulary"."""
+    special = set(tokenizer.all_special_ids)
+    pool = [i for i in range(min(len(tokenizer), vocab_rows)) if i not in special]
+    if len(pool) < length:
+        raise ValueError(f"the vocabulary has {len(pool)} ordinary tokens, fewer than pre_seq_len {length}")
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(pool), generator=generator)[:length].tolist()
+    return [pool[i] for i in picks]
