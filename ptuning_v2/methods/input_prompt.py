@@ -48,8 +48,15 @@ def input_prompt_kv(base: nn.Module, embeddings: torch.Tensor, batch_size: int):
 
 
 def embedding_table(base: nn.Module) -> torch.Tensor:
-    """The base's token embedding weights (vocab, hidden), as fp32 (asked of the model patch)."""
-    return get_patch(base.config).input_embeddings(base).weight.detach().float()
+    """The base's token embedding weights (vocab, hidden), as an fp32 copy (asked of the model patch). Under
+    DeepSpeed ZeRO-3 each process holds a slice of the table: it is gathered for the copy."""
+    weight = get_patch(base.config).input_embeddings(base).weight
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight]):
+            return weight.detach().float().clone()
+    return weight.detach().float().clone()
 
 
 def text_token_ids(tokenizer, text: str, length: int) -> list[int]:

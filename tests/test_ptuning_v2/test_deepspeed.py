@@ -168,3 +168,21 @@ def test_full_finetune_zero3_matches_one_process(tiny_base_dir, data_file, tmp_p
         torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=WEIGHT_ATOL)
     model = AutoModelForCausalLM.from_pretrained(ds)
     assert model.config.model_type == "glm"
+
+
+@pytest.mark.parametrize("method_flags", [["--method", "prompt_tuning"], ["--method", "ptuning_v1"]])
+def test_input_level_methods_under_zero3_match_one_process(method_flags, tiny_base_dir, data_file, tmp_path):
+    """Prompt tuning and P-tuning v1 run the frozen base once more per step (on the soft prompt); under ZeRO-3 that
+    forward gathers the partitioned base like the main one, and the result equals one plain process."""
+    single, ds = tmp_path / "single", tmp_path / "ds"
+    run_train(tiny_base_dir, data_file, single, procs=1, batch=4, extra=method_flags)
+    run_train(tiny_base_dir, data_file, ds, procs=2, batch=2, extra=method_flags, ds_config="zero3.json",
+              ext_dir=tmp_path / "ext")
+    assert losses(ds) == pytest.approx(losses(single), rel=LOSS_REL)
+    assert losses(ds)[-1] < losses(ds)[0]
+    ours, ref = load_file(ds / WEIGHTS_NAME), load_file(single / WEIGHTS_NAME)
+    assert ours.keys() == ref.keys()
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=WEIGHT_ATOL)
+    model, _, config = load_prefix_model(ds)
+    assert config["method"] == method_flags[1] == model.method.name
