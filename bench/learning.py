@@ -65,6 +65,15 @@ CONFIGS: dict[str, dict] = {
         "env": {"STEPS": "1200"}, "flags": ["--full_finetune", "--learning_rate", "2e-4"],
         "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
     },
+    # The other members of the family (bench/methods.py puts them side by side); learning rates from a 300-step
+    # screen on seed 42 (python bench/learning.py --steps 300 --seeds 42 --lr X --configs ...;
+    # bench/results/methods-lr-screen.md).
+    "prompt_tuning_random": {"changes": "prompt tuning (soft prompt at the input only), random init, lr 3e-1",
+                             "env": {"METHOD": "prompt_tuning", "INIT_TEXT": "", "LR": "3e-1"}, "flags": []},
+    "prompt_tuning_text": {"changes": "prompt tuning, initialized from the instruction's token embeddings, lr 3e-1",
+                           "env": {"METHOD": "prompt_tuning", "LR": "3e-1"}, "flags": []},
+    "ptuning_v1": {"changes": "P-tuning v1 (BiLSTM+MLP prompt encoder, input layer), lr 1e-2",
+                   "env": {"METHOD": "ptuning_v1", "LR": "1e-2"}, "flags": []},
     # Can the method fit at all? 512 training reviews for 600 steps (~19 epochs); "best dev acc." is measured on
     # those same 512 reviews, so it is the training fit; the test column is still the test split.
     "fit_512": {"changes": "fit test: 512 training reviews, 600 steps; dev column = accuracy on those 512",
@@ -84,12 +93,24 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def run_one(name: str, seed: int, steps: int | None, force: bool) -> dict:
-    config = CONFIGS[name]
-    out = OUT / (name if steps is None else f"{name}-{steps}steps") / f"seed{seed}"
+def run_one(name: str, seed: int, steps: int | None, force: bool, lr: str | None = None) -> dict:
+    return run_config(name, CONFIGS[name], seed, steps, force, lr)
+
+
+def run_config(name: str, config: dict, seed: int, steps: int | None, force: bool, lr: str | None = None) -> dict:
+    """Train with ``config`` (env, flags; optional evaluate_flags, full_finetune) and evaluate; cached by name."""
+    if lr is not None:
+        config = {**config, "env": {**config["env"], "LR": lr}, "changes": f"{config['changes']} (lr {lr})"}
+    label = name + ("" if steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr}")
+    out = OUT / label / f"seed{seed}"
     result_file = out / "result.json"
     if result_file.is_file() and not force:
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        # results written before these fields existed: read them from the run's own files
+        result.setdefault("trainable_params", trainable_params(out / "train.log"))
+        result.setdefault("metrics", {k: v for k, v in json.loads((out / "eval" / "metrics.json").read_text()).items()
+                                      if isinstance(v, (int, float))})
+        return result
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=True)
     env = {**os.environ, **config["env"], "SEED": str(seed), "OUTPUT_DIR": str(out)}
@@ -106,7 +127,7 @@ def run_one(name: str, seed: int, steps: int | None, force: bool) -> dict:
     if config.get("full_finetune"):
         evaluate += ["--model_name_or_path", str(out), *config["evaluate_flags"]]
     else:
-        evaluate += ["--checkpoint", str(out)]
+        evaluate += ["--checkpoint", str(out), *config.get("evaluate_flags", [])]
     with open(out / "evaluate.log", "w") as log:
         subprocess.run(evaluate, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
@@ -114,17 +135,27 @@ def run_one(name: str, seed: int, steps: int | None, force: bool) -> dict:
     evals = [e for e in state["log_history"] if "eval_accuracy" in e]
     best = max(evals, key=lambda e: e["eval_accuracy"]) if evals else None
     result = {
-        "config": name, "seed": seed, "steps": state["global_step"], "train_seconds": round(train_seconds, 1),
+        "config": name, "lr": config["env"].get("LR"), "seed": seed, "steps": state["global_step"], "train_seconds": round(train_seconds, 1),
         "test_accuracy": metrics["accuracy"], "test_label_scoring_accuracy": metrics.get("label_scoring_accuracy"),
         "best_dev_accuracy": best["eval_accuracy"] if best else None, "best_step": best["step"] if best else None,
         "peak_rss_gb": round(int((out / "peak_rss_kib").read_text().split()[-1]) / 2**20, 2),
         "final_train_loss": next((e["loss"] for e in reversed(state["log_history"]) if "loss" in e), None),
+        "trainable_params": trainable_params(out / "train.log"),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def table(results: dict[str, list[dict]], steps: int | None, command: str) -> str:
+def trainable_params(train_log: Path) -> tuple[int, int] | None:
+    """(trainable, all) parameters as train.py printed them ("trainable params: N || all params: M || ...")."""
+    import re
+
+    found = re.findall(r"^trainable params: ([\d,]+) \|\| all params: ([\d,]+)", train_log.read_text(), re.M)
+    return tuple(int(x.replace(",", "")) for x in found[-1]) if found else None
+
+
+def table(results: dict[str, list[dict]], steps: int | None, command: str, lr: str | None = None) -> str:
     budget = "each configuration's step budget" if steps is None else f"{steps} steps"
     lines = [
         f"Sentiment test split (1,000 reviews, 52% 消极), {budget}; `{command}` (finished runs are read back from "
@@ -147,7 +178,8 @@ def table(results: dict[str, list[dict]], steps: int | None, command: str) -> st
                         if r["best_dev_accuracy"] is not None) or "-"
         seconds = statistics.median(r["train_seconds"] for r in runs)
         rss = max((r["peak_rss_gb"] for r in runs if r.get("peak_rss_gb")), default=None)
-        lines.append(f"| {name} | {CONFIGS[name]['changes']} | {per_seed} | {statistics.mean(accs):.1f} | "
+        changes = CONFIGS[name]["changes"] + ("" if lr is None else f" (overridden: lr {lr})")
+        lines.append(f"| {name} | {changes} | {per_seed} | {statistics.mean(accs):.1f} | "
                      f"{min(accs):.1f} | {dev} | {seconds / 60:.1f} min | "
                      f"{'-' if rss is None else f'{rss:.2f} GB'} |")
     return "\n".join(lines) + "\n"
@@ -158,6 +190,7 @@ def main(argv=None) -> None:
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     p.add_argument("--steps", type=int, help="override every configuration's step budget (a cheaper screen)")
+    p.add_argument("--lr", help="override the configurations' learning rate (a learning-rate screen)")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -168,10 +201,11 @@ def main(argv=None) -> None:
     results: dict[str, list[dict]] = {}
     for name in names:
         for seed in map(int, args.seeds.split(",")):
-            r = run_one(name, seed, args.steps, args.force)
+            r = run_one(name, seed, args.steps, args.force, args.lr)
             results.setdefault(name, []).append(r)
             print(json.dumps(r), flush=True)
-    text = table(results, args.steps, " ".join(["python bench/learning.py", *(argv if argv is not None else sys.argv[1:])]))
+    text = table(results, args.steps, " ".join(["python bench/learning.py", *(argv if argv is not None else sys.argv[1:])]),
+                 args.lr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)

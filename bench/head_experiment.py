@@ -1,0 +1,156 @@
+"""Why the prefix stays below full fine-tuning: the answer read by the LM head vs. a trained classification head.
+
+    python bench/head_experiment.py [--steps 1000] [--seeds 42] [--variants lm,head_last,...]
+
+In-process loop on the default sentiment task (the same formatting as train.sh: instruction template, 96 source
+tokens), batch 16, AdamW, best dev step kept, accuracy on the 1,000-review test split. Variants:
+  lm          the prefix trained on the answer tokens (what train.sh does), scored by label scoring
+  head_last   prefix + a linear head (num_labels, hidden) on the final hidden state of the prompt's last token,
+              initialised from the label words' LM-head rows (so step 0 equals label scoring)
+  head_mean   the same head on the mean final hidden state over the prompt's real tokens
+  probe_last  the head alone on the frozen base (no prefix): the linear-probe baseline, trained by the same loop
+Shapes: input_ids (B, L) left-padded; final hidden (B, L, H=256); head logits (B, 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ptuning_v2.data import Columns, build_prompt_features, get_template, load_examples  # noqa: E402
+from ptuning_v2.inference import left_pad  # noqa: E402
+from ptuning_v2.positions import real_token_positions  # noqa: E402
+from ptuning_v2.prefix_init import initialize_prefix_from_text  # noqa: E402
+from ptuning_v2.prefix_model import PrefixModel, encoder_config_for, forward_with_prefix  # noqa: E402
+
+INSTRUCTION = "判断这条评论的情感是积极还是消极："
+LABELS = ["消极", "积极"]
+
+
+def encode(examples, tokenizer):
+    template = get_template("instruction")
+    ids = [build_prompt_features(ex, tokenizer, template, 96, INSTRUCTION)["input_ids"] for ex in examples]
+    return ids, torch.tensor([LABELS.index(ex.response) for ex in examples])
+
+
+def final_hidden(model, ids, mask, use_prefix):
+    pos = real_token_positions(mask)
+    if use_prefix:
+        return forward_with_prefix(model.base.model, model.prefix_kv(ids.shape[0]), ids, mask, pos).last_hidden_state
+    return model.base.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+
+
+def pooled(hidden, mask, how):
+    if how == "last":
+        return hidden[:, -1]
+    w = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * w).sum(1) / w.sum(1)
+
+
+def run(variant, seed, steps, lr, head_lr, model_dir, data_dir, eval_every):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = PrefixModel(base, encoder_config_for(base.config, 16, True, None, 0.0))
+    initialize_prefix_from_text(model, tok, INSTRUCTION)
+    cols = Columns(prompt="text", response="label")
+    train_ids, train_y = encode(load_examples(Path(data_dir) / "train.jsonl", cols), tok)
+    dev_ids, dev_y = encode(load_examples(Path(data_dir) / "dev.jsonl", cols), tok)
+    test_ids, test_y = encode(load_examples(Path(data_dir) / "test.jsonl", cols), tok)
+    label_tok = [tok.encode(w, add_special_tokens=False)[0] for w in LABELS]
+    lm_rows = base.get_output_embeddings().weight[label_tok].detach().clone()      # (2, H)
+    head = torch.nn.Linear(lm_rows.shape[1], 2)
+    with torch.no_grad():
+        head.weight.copy_(lm_rows)
+        head.bias.zero_()
+    use_prefix = variant != "probe_last"
+    how = "mean" if variant == "head_mean" else "last"
+    params = []
+    if use_prefix:
+        params.append({"params": list(model.prefix_encoder.parameters()), "lr": lr})
+    if variant != "lm":
+        params.append({"params": list(head.parameters()), "lr": head_lr})
+    opt = torch.optim.AdamW(params, weight_decay=0.0)
+
+    def logits_of(ids_list):
+        ids, mask = left_pad(ids_list, tok.pad_token_id, "cpu")
+        h = final_hidden(model, ids, mask, use_prefix)
+        if variant == "lm":
+            return F.linear(h[:, -1], lm_rows)          # label scoring on the first label token
+        return head(pooled(h, mask, how))
+
+    @torch.no_grad()
+    def accuracy(ids_list, y):
+        model.eval()
+        preds = torch.cat([logits_of(ids_list[i:i + 64]).argmax(-1) for i in range(0, len(ids_list), 64)])
+        model.train()
+        return (preds == y).float().mean().item() * 100
+
+    order = list(range(len(train_ids)))
+    random.Random(seed).shuffle(order)
+    best = (accuracy(dev_ids, dev_y), 0, None)
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        idx = [order[(step * 16 + j) % len(order)] for j in range(16)]
+        if variant == "lm":
+            # the LM loss on the label word's first token at the answer position (the full LM head)
+            ids, mask = left_pad([train_ids[i] for i in idx], tok.pad_token_id, "cpu")
+            h = final_hidden(model, ids, mask, True)[:, -1]
+            logits = base.lm_head(h)
+            loss = F.cross_entropy(logits, torch.tensor(label_tok)[train_y[idx]])
+        else:
+            loss = F.cross_entropy(logits_of([train_ids[i] for i in idx]), train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 or step == steps:
+            dev = accuracy(dev_ids, dev_y)
+            print(f"  {variant} seed {seed} step {step} loss {loss.item():.3f} dev {dev:.1f}", flush=True)
+            if dev > best[0]:
+                state = ({k: v.clone() for k, v in model.prefix_encoder.state_dict().items()},
+                         {k: v.clone() for k, v in head.state_dict().items()})
+                best = (dev, step, state)
+    minutes = (time.time() - t0) / 60
+    if best[2] is not None:
+        model.prefix_encoder.load_state_dict(best[2][0])
+        head.load_state_dict(best[2][1])
+    return {"variant": variant, "seed": seed, "best_step": best[1], "dev": best[0],
+            "test": accuracy(test_ids, test_y), "minutes": round(minutes, 2)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="lm,head_last,head_mean,probe_last")
+    p.add_argument("--seeds", default="42")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--head_lr", type=float, default=1e-3)
+    p.add_argument("--eval_every", type=int, default=100)
+    p.add_argument("--model", default=str(ROOT / "data" / "base_model"))
+    p.add_argument("--data", default=str(ROOT / "data" / "generated" / "sentiment"))
+    p.add_argument("--out", default=str(ROOT / "output" / "head_experiment.jsonl"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    for variant in args.variants.split(","):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            result = run(variant, seed, args.steps, args.lr, args.head_lr, args.model, args.data, args.eval_every)
+            print(json.dumps(result), flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps({**result, "steps": args.steps, "lr": args.lr, "head_lr": args.head_lr}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
