@@ -75,3 +75,30 @@ def tiny_tokenizer():
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         padding_side="left",
     )
+
+
+def batch_with_labels(seed=0):
+    """ids (3, 10) with one left-padded row, its mask, and labels on the last 5 positions (-100 elsewhere)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 90, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # one left-padded row
+    ids[1, :2] = PAD_ID
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[mask == 0] = -100
+    return ids, mask, labels
+
+
+def greedy_by_full_recompute(model, ids, mask, steps):
+    """Greedy decoding of a PrefixModel that recomputes the whole sequence, prefix included, for every new token."""
+    from ptuning_v2.prefix_model import forward_with_prefix
+
+    ids, mask = ids.clone(), mask.clone()
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = forward_with_prefix(model.base, model.prefix_kv(ids.shape[0]), ids, attention_mask=mask).logits
+        next_ids = logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_ids], 1)
+        mask = torch.cat([mask, torch.ones_like(next_ids)], 1)
+    return ids

@@ -14,11 +14,41 @@ example). The prompt sits at positions -P .. -1 and real tokens start at 0, as w
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 
 from model_patches import get_patch
+
+
+@dataclass(frozen=True)
+class InputPromptConfig:
+    """What every input-level method records: the prompt length and width, and the base's key/value shape (so a
+    checkpoint is checked against the base it is loaded onto). Methods subclass it with their own fields."""
+
+    pre_seq_len: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int     # width of one prompt vector: the base's embedding width
+
+    def __post_init__(self):
+        from ptuning_v2.methods import MethodFlagError
+
+        for name in ("pre_seq_len", "num_layers", "num_kv_heads", "head_dim", "hidden_size"):
+            if getattr(self, name) <= 0:
+                raise MethodFlagError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def shape_of(base_config, pre_seq_len: int) -> dict:
+        """The InputPromptConfig fields for a base model's config."""
+        shape = get_patch(base_config).kv_shape(base_config)
+        return dict(pre_seq_len=pre_seq_len, num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+                    head_dim=shape.head_dim, hidden_size=base_config.hidden_size)
 
 
 @contextmanager

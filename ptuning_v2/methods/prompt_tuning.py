@@ -11,36 +11,27 @@ tokens: before training the model equals the base with that text in front of the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ptuning_v2.methods import MethodFlagError
 
-from ptuning_v2.methods.input_prompt import embedding_table, input_prompt_kv, text_token_ids, vocab_token_ids
+from ptuning_v2.methods.input_prompt import (InputPromptConfig, embedding_table, input_prompt_kv, text_token_ids,
+                                            vocab_token_ids)
 
 PROMPT_INITS = ("random", "vocab", "text")
 
 
 @dataclass(frozen=True)
-class SoftPromptConfig:
-    pre_seq_len: int
-    num_layers: int      # the base's shape, recorded so a checkpoint is checked against the base it is loaded on
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int     # width of one soft-prompt vector: the base's embedding width
+class SoftPromptConfig(InputPromptConfig):
     prompt_init: str = "random"
 
     def __post_init__(self):
-        for name in ("pre_seq_len", "num_layers", "num_kv_heads", "head_dim", "hidden_size"):
-            if getattr(self, name) <= 0:
-                raise MethodFlagError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}")
+        super().__post_init__()
         if self.prompt_init not in PROMPT_INITS:
             raise MethodFlagError(f"--prompt_init must be one of {', '.join(PROMPT_INITS)}, got {self.prompt_init!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SoftPrompt(nn.Module):
@@ -58,12 +49,8 @@ class SoftPrompt(nn.Module):
 
 
 def config_from_args(base_config, prefix_args) -> SoftPromptConfig:
-    from ptuning_v2.prefix_model import base_kv_shape
-
-    shape = base_kv_shape(base_config)
-    return SoftPromptConfig(pre_seq_len=prefix_args.pre_seq_len, num_layers=shape.num_layers,
-                            num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
-                            hidden_size=base_config.hidden_size, prompt_init=prefix_args.prompt_init)
+    return SoftPromptConfig(**InputPromptConfig.shape_of(base_config, prefix_args.pre_seq_len),
+                            prompt_init=prefix_args.prompt_init)
 
 
 @torch.no_grad()

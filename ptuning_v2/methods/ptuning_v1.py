@@ -12,40 +12,30 @@ the pseudo tokens) are expressed here through the prompt template and ``--source
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ptuning_v2.methods import MethodFlagError
 
-from ptuning_v2.methods.input_prompt import embedding_table, input_prompt_kv
+from ptuning_v2.methods.input_prompt import InputPromptConfig, embedding_table, input_prompt_kv
 
 ENCODER_TYPES = ("lstm", "mlp")
 
 
 @dataclass(frozen=True)
-class PromptEncoderConfig:
-    pre_seq_len: int
-    num_layers: int      # the base's shape, recorded so a checkpoint is checked against the base it is loaded on
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int     # E: width of the pseudo-token embeddings and of the prompt fed to the base
+class PromptEncoderConfig(InputPromptConfig):
     encoder_type: str = "lstm"
-    encoder_hidden_size: int = 0   # M: the MLP's hidden width (0: E)
+    encoder_hidden_size: int = 0   # M: the MLP's hidden width (0: E, the hidden size)
 
     def __post_init__(self):
-        for name in ("pre_seq_len", "num_layers", "num_kv_heads", "head_dim", "hidden_size"):
-            if getattr(self, name) <= 0:
-                raise MethodFlagError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}")
+        super().__post_init__()
         if self.encoder_type not in ENCODER_TYPES:
             raise MethodFlagError(f"--prompt_encoder_type must be one of {', '.join(ENCODER_TYPES)}, "
-                             f"got {self.encoder_type!r}")
+                                  f"got {self.encoder_type!r}")
         if self.encoder_type == "lstm" and self.hidden_size % 2:
             raise MethodFlagError(f"the LSTM prompt encoder needs an even hidden size, got {self.hidden_size}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class PromptEncoder(nn.Module):
@@ -70,12 +60,8 @@ class PromptEncoder(nn.Module):
 
 
 def config_from_args(base_config, prefix_args) -> PromptEncoderConfig:
-    from ptuning_v2.prefix_model import base_kv_shape
-
-    shape = base_kv_shape(base_config)
-    return PromptEncoderConfig(pre_seq_len=prefix_args.pre_seq_len, num_layers=shape.num_layers,
-                               num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
-                               hidden_size=base_config.hidden_size, encoder_type=prefix_args.prompt_encoder_type,
+    return PromptEncoderConfig(**InputPromptConfig.shape_of(base_config, prefix_args.pre_seq_len),
+                               encoder_type=prefix_args.prompt_encoder_type,
                                encoder_hidden_size=prefix_args.prompt_encoder_hidden_size or 0)
 
 

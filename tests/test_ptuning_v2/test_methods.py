@@ -9,9 +9,9 @@ import torch
 from ptuning_v2.arguments import PrefixArguments
 from ptuning_v2.checkpoint import CONFIG_NAME, CheckpointError, load_prefix_model, save_prefix_checkpoint
 from ptuning_v2.methods import check_flags_apply, get_method, method_names
-from ptuning_v2.prefix_model import PrefixModel, forward_with_prefix
+from ptuning_v2.prefix_model import PrefixModel
 from ptuning_v2.quantization import BaseModelSpec, load_base_model
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import batch_with_labels, greedy_by_full_recompute, tiny_model, tiny_tokenizer
 
 PAD = 0
 # One setting per row of the comparison: (method, flags).
@@ -44,17 +44,6 @@ def shake(model, scale=0.5):
             p.add_(torch.randn_like(p) * scale)
     return model
 
-
-def batch_with_labels():
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 90, (3, 10), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    ids[1, :2] = PAD
-    labels = ids.clone()
-    labels[:, :5] = -100
-    labels[mask == 0] = -100
-    return ids, mask, labels
 
 
 def test_the_three_methods_are_registered():
@@ -164,15 +153,6 @@ def test_a_flag_of_another_method_is_refused():
         check_flags_apply(get_method("ptuning_v2"), prefix_args(prompt_init="vocab"))
     check_flags_apply(get_method("ptuning_v1"), prefix_args(method="ptuning_v1", prompt_encoder_type="mlp"))
 
-
-def greedy_by_full_recompute(model, ids, mask, steps):
-    ids, mask = ids.clone(), mask.clone()
-    for _ in range(steps):
-        with torch.no_grad():
-            logits = forward_with_prefix(model.base, model.prefix_kv(ids.shape[0]), ids, attention_mask=mask).logits
-        next_ids = logits[:, -1].argmax(-1, keepdim=True)
-        ids, mask = torch.cat([ids, next_ids], 1), torch.cat([mask, torch.ones_like(next_ids)], 1)
-    return ids
 
 
 @pytest.mark.parametrize("setting", ["prompt_tuning", "ptuning_v1_lstm"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ptuning_v2.prefix_model import PrefixModel, encoder_config_for, forward_with_prefix, is_trainable
-from tiny_models import ARCHITECTURES, tiny_model
+from tiny_models import ARCHITECTURES, batch_with_labels, greedy_by_full_recompute, tiny_model
 
 PAD = 0
 
@@ -56,17 +56,6 @@ def test_padding_side_does_not_change_real_token_logits():
     torch.testing.assert_close(right[:, :7], plain, atol=1e-5, rtol=0)
 
 
-def batch_with_labels(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 90, (3, 10), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0  # one left-padded row
-    ids[1, :2] = PAD
-    labels = ids.clone()
-    labels[:, :5] = -100
-    labels[mask == 0] = -100
-    return ids, mask, labels
-
 
 def test_short_training_run_lowers_loss_changes_only_the_prefix():
     model = prefixed(projection=True)
@@ -115,17 +104,6 @@ def test_checkpointing_rejects_reentrant_mode():
     with pytest.raises(ValueError, match="use_reentrant"):
         prefixed().activation_checkpointing_enable({"use_reentrant": True})
 
-
-def greedy_by_full_recompute(model, ids, mask, steps):
-    """Greedy decoding that recomputes the whole sequence, prefix included, for every new token."""
-    ids, mask = ids.clone(), mask.clone()
-    for _ in range(steps):
-        with torch.no_grad():
-            logits = forward_with_prefix(model.base, model.prefix_kv(ids.shape[0]), ids, attention_mask=mask).logits
-        next_ids = logits[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, next_ids], 1)
-        mask = torch.cat([mask, torch.ones_like(next_ids)], 1)
-    return ids
 
 
 @pytest.mark.parametrize("model_type", ["glm", "llama"])
