@@ -215,3 +215,35 @@ def test_input_level_methods_train_on_a_quantized_base(setting, bit, tiny_base_d
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == \
         {"prefix_encoder." + k for k in model.trainable_state_dict()}
+
+
+@pytest.mark.parametrize("setting", ["prompt_tuning", "ptuning_v1_lstm"])
+def test_evaluate_and_chat_load_an_input_level_checkpoint(setting, tiny_base_dir, tiny_checkpoint, tmp_path):
+    from ptuning_v2 import evaluate
+    from ptuning_v2.chat import reply
+    from ptuning_v2.inference import load_session
+
+    base, spec = load_base_model(BaseModelSpec(str(tiny_base_dir)))
+    model = shake(build(base, setting), scale=2.0).eval()
+    model.base_spec = spec
+    model.prompt_settings = json.loads((tiny_checkpoint / CONFIG_NAME).read_text())["prompt"]
+    save_prefix_checkpoint(model, tmp_path / "ckpt")
+
+    metrics = evaluate.main(["--checkpoint", str(tmp_path / "ckpt"), "--max_new_tokens", "3"])
+    assert metrics["num_examples"] == 6 and metrics["model"] == "base + prefix"
+
+    session = load_session(str(tmp_path / "ckpt"))
+    assert session.model.method.name == SETTINGS[setting]["method"]
+    pieces = []
+
+    class Collect:
+        def put(self, value):
+            pieces.append(value)
+
+        def end(self):
+            pass
+
+    answer = reply(session, "这个好不好", [], Collect(), max_new_tokens=4, do_sample=False)
+    prompt = torch.tensor([session.prompt_ids("这个好不好", [])])
+    expected = model.generate(prompt, max_new_tokens=4, do_sample=False)[0, prompt.shape[1]:]
+    assert session.answer(expected.tolist()) == answer and len(pieces) >= 2
