@@ -205,9 +205,12 @@ def prefix_encoder_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
 # -- tokenizers ---------------------------------------------------------------------------------------------------
 # ChatGLM2/3: a sentencepiece tokenizer.model (64,789 pieces) with special tokens appended right after its pieces;
 # eos 2 (</s>), pad = unk 0; every input starts with [gMASK] sop. ChatGLM3 adds four role tokens.
-SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
+# ChatGLM names two of them plainly "sop" and "eop"; here they are written <sop> and <eop> (same ids), because a fast
+# tokenizer matches a special token's text anywhere in plain text: the word "sop" (or "soprano") must stay ordinary
+# text, as it is for ChatGLM's own tokenizer, which never looks for specials inside text.
+SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>")
 CHATGLM3_ROLES = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
-PROMPT_PREFIX = ("[gMASK]", "sop")
+PROMPT_PREFIX = ("[gMASK]", "<sop>")
 CHAT_FORMATS = ("chatglm2", "chatglm3")
 # GLM-4 (glm-4-9b-chat): a tiktoken ranks file (151,329 byte-level BPE ranks, cl100k_base's split pattern) as
 # tokenizer.model, read by ptuning_v2/tiktoken_fast.py; these 14 special tokens follow the ranks; every input starts
@@ -267,7 +270,7 @@ def chat_template(chat_format: str, dummy_prefix: bool) -> str:
     if chat_format == "chatglm3":
         sep = " " if dummy_prefix else ""
         return (
-            "[gMASK]sop{% for message in messages %}"
+            "[gMASK]<sop>{% for message in messages %}"
             "{% if message['role'] not in ['system', 'user', 'assistant', 'observation'] %}"
             "{{ raise_exception('ChatGLM3 roles are system, user, assistant and observation') }}{% endif %}"
             "<|{{ message['role'] }}|>{{ message['metadata'] if message['metadata'] is defined else '' }}\n"
@@ -275,7 +278,7 @@ def chat_template(chat_format: str, dummy_prefix: bool) -> str:
             "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
         )
     return (
-        "[gMASK]sop{% for message in messages %}"
+        "[gMASK]<sop>{% for message in messages %}"
         "{% if message['role'] == 'user' %}[Round {{ loop.index0 // 2 + 1 }}]\n\n问：{{ message['content'] }}\n\n答："
         "{% elif message['role'] == 'assistant' %}{{ message['content'] }}\n\n"
         "{% else %}{{ raise_exception('ChatGLM2 chats have user and assistant turns only') }}{% endif %}"

@@ -14,8 +14,9 @@ from ptuning_v2.sentencepiece_fast import read_spec, sentencepiece_tokenizer
 from tiny_chatglm import chatglm_config, write_chatglm_checkpoint, write_sentencepiece
 
 SAMPLES = ["今天天气很好，我们去公园散步吧。", "这家酒店的服务非常差！但是早餐不错。", "深度学习 模型", "未见过的字：龘靐",
-           "  leading and  double  spaces ", "a\nb\n\nc", "def f(x):\n    return x", "“引号”和（括号）", "hello world", ""]
-SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"]
+           "  leading and  double  spaces ", "a\nb\n\nc", "def f(x):\n    return x", "“引号”和（括号）", "hello world", "",
+           "sop eop soprano: only sop as a word"]  # ChatGLM's plain-named specials stay text
+SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>"]  # ChatGLM's "sop"/"eop", at the same ids
 ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 CHAT = [{"role": "system", "content": "你是一个有帮助的助手。"}, {"role": "user", "content": "你好"},
         {"role": "assistant", "content": "你好，请问有什么可以帮你？"}, {"role": "user", "content": "今天天气怎么样"}]
