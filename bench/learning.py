@@ -97,6 +97,13 @@ def run_one(name: str, seed: int, steps: int | None, force: bool, lr: str | None
     return run_config(name, CONFIGS[name], seed, steps, force, lr)
 
 
+class NotRun(Exception):
+    """A run with no stored result while CACHED_ONLY is set."""
+
+
+CACHED_ONLY = False  # set by a caller that only wants to tabulate finished runs
+
+
 def run_config(name: str, config: dict, seed: int, steps: int | None, force: bool, lr: str | None = None) -> dict:
     """Train with ``config`` (env, flags; optional evaluate_flags, full_finetune) and evaluate; cached by name."""
     if lr is not None:
@@ -111,6 +118,8 @@ def run_config(name: str, config: dict, seed: int, steps: int | None, force: boo
         result.setdefault("metrics", {k: v for k, v in json.loads((out / "eval" / "metrics.json").read_text()).items()
                                       if isinstance(v, (int, float))})
         return result
+    if CACHED_ONLY:
+        raise NotRun(str(out))
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=True)
     env = {**os.environ, **config["env"], "SEED": str(seed), "OUTPUT_DIR": str(out)}

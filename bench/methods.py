@@ -77,6 +77,8 @@ def run_untrained(label: str, flags: list[str], seed: int, force: bool) -> dict:
     result_file = out / "result.json"
     if result_file.is_file() and not force:
         return json.loads(result_file.read_text())
+    if learning.CACHED_ONLY:
+        raise learning.NotRun(str(out))
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "ptuning_v2.evaluate", "--model_name_or_path", "data/base_model",
            "--output_dir", str(out / "eval"), *flags]
@@ -131,6 +133,9 @@ def sentiment_table(rows: dict[str, list[dict]], base_params: int, command: str)
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, runs in rows.items():
+        if not runs:
+            lines.append(f"| {name} | not run yet | | | | | | | |")
+            continue
         per_seed, mean, low = summary(runs, "test_accuracy")
         scored = [r["test_label_scoring_accuracy"] for r in runs if r.get("test_label_scoring_accuracy") is not None]
         scored_text = f"{statistics.mean(scored):.1f} ({min(scored):.1f})" if scored else "-"
@@ -154,6 +159,9 @@ def idiom_table(rows: dict[str, list[dict]], base_params: int) -> str:
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, runs in rows.items():
+        if not runs:
+            lines.append(f"| {name} | not run yet | | | | | | | |")
+            continue
         bleu, bleu_mean, _ = summary(runs, "bleu-4")
         rouge, rouge_mean, _ = summary(runs, "rouge-1")
         rouge_l = statistics.mean(r["metrics"]["rouge-l"] for r in runs)
@@ -192,45 +200,57 @@ def plot(rows: dict[str, list[dict]], base_params: int, path: Path) -> None:
     plt.close(fig)
 
 
+def add(rows: dict[str, list[dict]], name: str, run) -> None:
+    """rows[name] gets run()'s result; with --cached_only a run not finished yet is left out (the row says so)."""
+    rows.setdefault(name, [])
+    try:
+        rows[name].append(run())
+    except learning.NotRun:
+        return
+    print(json.dumps(rows[name][-1]), flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sentiment_seeds", default="42,43,44")
     p.add_argument("--idiom_seeds", default="42")
     p.add_argument("--skip_idiom", action="store_true")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument("--cached_only", action="store_true", help="tabulate finished runs only; train nothing")
     args = p.parse_args(argv)
+    learning.CACHED_ONLY = args.cached_only
     command = " ".join(["python bench/methods.py", *(argv if argv is not None else sys.argv[1:])])
     start = time.time()
 
     sentiment: dict[str, list[dict]] = {}
-    for seed in map(int, args.sentiment_seeds.split(",")):
-        sentiment.setdefault("zero-shot (base alone, same prompts)", []).append(
-            run_untrained("sentiment-zero-shot", SENTIMENT_PROMPT, 42, args.force))  # greedy: one run is all seeds
-        sentiment.setdefault("4-shot in-context learning", []).append(run_untrained(
+    seeds = list(map(int, args.sentiment_seeds.split(",")))
+    for seed in seeds:
+        # greedy decoding of the base alone: one run stands for every seed
+        add(sentiment, "zero-shot (base alone, same prompts)",
+            lambda: run_untrained("sentiment-zero-shot", SENTIMENT_PROMPT, 42, args.force))
+        add(sentiment, "4-shot in-context learning", lambda: run_untrained(
             "sentiment-4-shot", shots_flags(SENTIMENT_PROMPT, "data/generated/sentiment/train.jsonl", seed), seed,
             args.force))
     for name, config in SENTIMENT_ROWS:
-        for seed in map(int, args.sentiment_seeds.split(",")):
-            sentiment.setdefault(name, []).append(learning.run_one(config, seed, None, args.force))
-            print(json.dumps(sentiment[name][-1]), flush=True)
-    # the base alone: a prefix run's "all params" less its trainable ones
+        for seed in seeds:
+            add(sentiment, name, lambda: learning.run_one(config, seed, None, args.force))
     base_params = next(r["trainable_params"][1] - r["trainable_params"][0] for runs in sentiment.values()
                        for r in runs if r.get("trainable_params") and r["trainable_params"][1])
     text = "# The P*-tuning family on the shipped default\n\n" + sentiment_table(sentiment, base_params, command)
-    plot(sentiment, base_params, RESULTS / "methods.png")
+    plot({k: v for k, v in sentiment.items() if v}, base_params, RESULTS / "methods.png")
 
     if not args.skip_idiom:
         idiom: dict[str, list[dict]] = {}
-        for seed in map(int, args.idiom_seeds.split(",")):
-            idiom.setdefault("zero-shot (base alone, same prompts)", []).append(
-                run_untrained("idiom-zero-shot", IDIOM_PROMPT, 42, args.force))
-            idiom.setdefault("4-shot in-context learning", []).append(run_untrained(
+        idiom_seeds = list(map(int, args.idiom_seeds.split(",")))
+        for seed in idiom_seeds:
+            add(idiom, "zero-shot (base alone, same prompts)",
+                lambda: run_untrained("idiom-zero-shot", IDIOM_PROMPT, 42, args.force))
+            add(idiom, "4-shot in-context learning", lambda: run_untrained(
                 "idiom-4-shot", shots_flags(IDIOM_PROMPT, "data/generated/idiom/train.jsonl", seed), seed, args.force))
         for name, config in SENTIMENT_ROWS:
-            for seed in map(int, args.idiom_seeds.split(",")):
-                idiom.setdefault(name, []).append(learning.run_config(f"idiom-{config}", idiom_config(config), seed,
-                                                                      None, args.force))
-                print(json.dumps(idiom[name][-1]), flush=True)
+            for seed in idiom_seeds:
+                add(idiom, name, lambda: learning.run_config(f"idiom-{config}", idiom_config(config), seed, None,
+                                                             args.force))
         text += "\n" + idiom_table(idiom, base_params)
     text += f"\n![accuracy against trainable parameters](methods.png)\n\nBench wall time this run: " \
             f"{(time.time() - start) / 60:.0f} min (finished runs are read back, not retrained).\n"
