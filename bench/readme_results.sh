@@ -9,7 +9,9 @@
 #   4. probes on the frozen base and its loss before training (probe.md);
 #   5. the zero-shot base with the same prompts (BASE_ONLY=1 evaluate.sh on the seed-42 checkpoint);
 #   6. TASK=idiom with STEPS=300 on the first 200 test examples, with and without the prefix;
-#   7. training step time before/after the answer-window loss and length grouping (step_time.md).
+#   7. training step time before/after the answer-window loss and length grouping (step_time.md);
+#   8. the P*-tuning family side by side (bench/methods.py: methods.md, methods.png; about 80 more minutes) and
+#      the fixed-batch fit (fixed_batch.txt).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -27,6 +29,8 @@ rm -rf output/idiom
 bash evaluate.sh output/idiom --max_samples 200
 BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/step_time.py
+"$PY" bench/methods.py
+"$PY" bench/fixed_batch.py prompt_tuning:3e-2 prompt_tuning:3e-1 ptuning_v1:1e-2 ptuning_v2:3e-3
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
