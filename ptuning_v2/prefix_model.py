@@ -45,11 +45,6 @@ def is_trainable(parameter_name: str) -> bool:
     return parameter_name.startswith(ENCODER_ATTR + ".")
 
 
-def base_kv_shape(base_config):
-    """The base's per-layer key/value shape (num_layers, num_kv_heads, head_dim), read through its model patch."""
-    return get_patch(base_config).kv_shape(base_config)
-
-
 def encoder_config_for(
     base_config,
     pre_seq_len: int,
@@ -58,7 +53,7 @@ def encoder_config_for(
     prefix_dropout: float = 0.0,
 ) -> PrefixEncoderConfig:
     """The encoder shape a base model needs, read through its model patch."""
-    shape = base_kv_shape(base_config)
+    shape = get_patch(base_config).kv_shape(base_config)
     hidden = base_config.hidden_size
     return PrefixEncoderConfig(
         pre_seq_len=pre_seq_len,

@@ -102,3 +102,16 @@ def greedy_by_full_recompute(model, ids, mask, steps):
         ids = torch.cat([ids, next_ids], 1)
         mask = torch.cat([mask, torch.ones_like(next_ids)], 1)
     return ids
+
+
+def train_steps(model, ids, mask, labels, steps, lr=1e-2):
+    """AdamW on the model's trainable parameters for ``steps`` steps on one batch; returns the losses."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -89,13 +89,6 @@ def embedding_table(base: nn.Module) -> torch.Tensor:
     return weight.detach().float().clone()
 
 
-def text_token_ids(tokenizer, text: str, length: int) -> list[int]:
-    """The text's ids (no special tokens), repeated until there are ``length`` of them, then cut to that."""
-    from ptuning_v2.prefix_init import prefix_token_ids
-
-    return prefix_token_ids(tokenizer, text, length)
-
-
 def vocab_token_ids(tokenizer, length: int, seed: int, vocab_rows: int) -> list[int]:
     """``length`` distinct ordinary token ids drawn with ``seed`` (special tokens left out, and ids past the
     embedding table's ``vocab_rows``): prompt tuning's initialisation "from sampled vocabulary"."""

@@ -18,8 +18,8 @@ import torch.nn as nn
 
 from ptuning_v2.methods import MethodFlagError
 
-from ptuning_v2.methods.input_prompt import (InputPromptConfig, embedding_table, input_prompt_kv, text_token_ids,
-                                            vocab_token_ids)
+from ptuning_v2.methods.input_prompt import InputPromptConfig, embedding_table, input_prompt_kv, vocab_token_ids
+from ptuning_v2.prefix_init import prefix_token_ids
 
 PROMPT_INITS = ("random", "vocab", "text")
 
@@ -65,11 +65,12 @@ def initialize(model, tokenizer, prefix_args, seed: int) -> str | None:
     if how != "text" and prefix_args.prompt_init_text:
         raise MethodFlagError("--prompt_init_text is used only with --prompt_init text")
     if how == "random":
-        encoder.embedding.weight.normal_(0.0, table.std().item())
-        return f"soft prompt initialized at random (std {table.std().item():.3g}, the embedding table's)"
+        std = table.std().item()
+        encoder.embedding.weight.normal_(0.0, std)
+        return f"soft prompt initialized at random (std {std:.3g}, the embedding table's)"
     if how == "vocab":
         ids = vocab_token_ids(tokenizer, length, seed, table.shape[0])
     else:
-        ids = text_token_ids(tokenizer, prefix_args.prompt_init_text, length)
+        ids = prefix_token_ids(tokenizer, prefix_args.prompt_init_text, length)
     encoder.embedding.weight.copy_(table[torch.tensor(ids)])
     return f"soft prompt initialized from the embeddings of {len(ids)} tokens: {tokenizer.decode(ids)!r}"

@@ -11,7 +11,7 @@ from ptuning_v2.checkpoint import CONFIG_NAME, CheckpointError, load_prefix_mode
 from ptuning_v2.methods import check_flags_apply, get_method, method_names
 from ptuning_v2.prefix_model import PrefixModel
 from ptuning_v2.quantization import BaseModelSpec, load_base_model
-from tiny_models import batch_with_labels, greedy_by_full_recompute, tiny_model, tiny_tokenizer
+from tiny_models import batch_with_labels, greedy_by_full_recompute, train_steps, tiny_model, tiny_tokenizer
 
 PAD = 0
 # One setting per row of the comparison: (method, flags).
@@ -61,15 +61,7 @@ def test_only_the_method_parameters_train_and_the_base_stays_bit_identical(setti
     assert trainable and all(n.startswith("prefix_encoder.") for n in trainable)
     n_trainable, _ = model.count_parameters()
     assert n_trainable == sum(p.numel() for p in model.prefix_encoder.parameters())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    ids, mask, labels = batch_with_labels()
-    losses = []
-    for _ in range(15):
-        loss = model(ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, *batch_with_labels(), steps=15)
     assert losses[-1] < losses[0], losses
     assert all(not torch.equal(t, start[n]) for n, t in model.trainable_state_dict().items())
     for name, tensor in model.base.state_dict().items():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ptuning_v2.prefix_model import PrefixModel, encoder_config_for, forward_with_prefix, is_trainable
-from tiny_models import ARCHITECTURES, batch_with_labels, greedy_by_full_recompute, tiny_model
+from tiny_models import ARCHITECTURES, batch_with_labels, greedy_by_full_recompute, train_steps, tiny_model
 
 PAD = 0
 
@@ -62,15 +62,7 @@ def test_short_training_run_lowers_loss_changes_only_the_prefix():
     model.train()
     base_before = {n: t.clone() for n, t in model.base.state_dict().items()}
     prefix_before = {n: t.clone() for n, t in model.trainable_state_dict().items()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    ids, mask, labels = batch_with_labels()
-    losses = []
-    for _ in range(25):
-        loss = model(ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, *batch_with_labels(), steps=25)
     assert losses[-1] < 0.7 * losses[0], losses
     for name, tensor in model.trainable_state_dict().items():
         assert not torch.equal(tensor, prefix_before[name]), name
