@@ -70,6 +70,17 @@ def check_processes(training_args) -> None:
             deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 
+def finish_processes() -> None:
+    """Every rank waits for the others, then the process group is torn down before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads are sometimes destroyed while still joinable, and that
+    rank dies with SIGABRT ("terminate called without an active exception") after its work was done.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, PrefixArguments, DataArguments, Seq2SeqTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
@@ -291,6 +302,7 @@ def main(argv=None) -> str:
     if trainer.is_world_process_zero():
         kind = "fine-tuned model" if prefix_args.full_finetune else "prefix checkpoint"
         print(f"{kind}: {os.path.abspath(training_args.output_dir)}")
+    finish_processes()
     return training_args.output_dir
 
 
