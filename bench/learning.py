@@ -65,6 +65,15 @@ CONFIGS: dict[str, dict] = {
         "env": {"STEPS": "1200"}, "flags": ["--full_finetune", "--learning_rate", "2e-4"],
         "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
     },
+    # Is the base the limit? The same recipe on a base pretrained twice as long (3,832 instead of 1,916 steps;
+    # bench/base_strength.sh builds it into output/base_2x with data/build_base_model.py).
+    "base_2x": {"changes": "train.sh as shipped, on a base pretrained twice as long (output/base_2x)",
+                "env": {"MODEL": "output/base_2x"}, "flags": []},
+    "base_2x_full_finetune": {
+        "changes": "full fine-tuning (as full_finetune) of the base pretrained twice as long (output/base_2x)",
+        "env": {"MODEL": "output/base_2x", "STEPS": "1200"}, "flags": ["--full_finetune", "--learning_rate", "2e-4"],
+        "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
+    },
     # The other members of the family (bench/methods.py puts them side by side); learning rates from a 300-step
     # screen on seed 42 (python bench/learning.py --steps 300 --seeds 42 --lr X --configs ...;
     # bench/results/methods-lr-screen.md).
