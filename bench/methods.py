@@ -120,56 +120,55 @@ def time_and_memory(runs: list[dict]) -> tuple[str, str]:
     return f"{minutes:.1f} min", "-" if rss is None else f"{rss:.2f} GB"
 
 
+def markdown_table(intro: list[str], columns: list[str], aligns: str, rows: dict[str, list[dict]], cells) -> str:
+    """intro lines, then one row per method: cells(runs) gives the columns after the name; no runs: "not run yet".
+    aligns: one letter per column, l(eft) or r(ight)."""
+    rule = "|" + "".join("---|" if a == "l" else "---:|" for a in aligns)
+    lines = [*intro, "", "| " + " | ".join(columns) + " |", rule]
+    for name, runs in rows.items():
+        values = cells(runs) if runs else ["not run yet"] + [""] * (len(columns) - 2)
+        lines.append("| " + " | ".join([name, *values]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def sentiment_table(rows: dict[str, list[dict]], base_params: int, command: str) -> str:
-    lines = [
+    def cells(runs):
+        per_seed, mean, low = summary(runs, "test_accuracy")
+        scored = [r["test_label_scoring_accuracy"] for r in runs if r.get("test_label_scoring_accuracy") is not None]
+        scored_text = f"{statistics.mean(scored):.1f} ({min(scored):.1f})" if scored else "-"
+        return [per_seed, f"{mean:.1f}", f"{low:.1f}", scored_text, *fmt_params(runs, base_params),
+                *time_and_memory(runs)]
+
+    intro = [
         "### Sentiment (test split, 1,000 reviews, 52% 消极)",
         "",
         f"`{command}`. Accuracy of the generated answer (greedy), %, per seed; label scoring = the label word with "
         "the higher log-likelihood. 4-shot: one demonstration draw per seed. Trained rows: 2,000 steps x 16 "
         "(full fine-tuning: 1,200 at lr 2e-4), best checkpoint by validation accuracy.",
-        "",
-        "| method | test acc. per seed | mean | min | label scoring mean (min) | trainable params | share of base | "
-        "train time | peak RSS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, runs in rows.items():
-        if not runs:
-            lines.append(f"| {name} | not run yet | | | | | | | |")
-            continue
-        per_seed, mean, low = summary(runs, "test_accuracy")
-        scored = [r["test_label_scoring_accuracy"] for r in runs if r.get("test_label_scoring_accuracy") is not None]
-        scored_text = f"{statistics.mean(scored):.1f} ({min(scored):.1f})" if scored else "-"
-        params, share = fmt_params(runs, base_params)
-        minutes, rss = time_and_memory(runs)
-        lines.append(f"| {name} | {per_seed} | {mean:.1f} | {low:.1f} | {scored_text} | {params} | {share} | "
-                     f"{minutes} | {rss} |")
-    return "\n".join(lines) + "\n"
+    columns = ["method", "test acc. per seed", "mean", "min", "label scoring mean (min)", "trainable params",
+               "share of base", "train time", "peak RSS"]
+    return markdown_table(intro, columns, "llrrrrrrr", rows, cells)
 
 
 def idiom_table(rows: dict[str, list[dict]], base_params: int) -> str:
-    lines = [
+    def cells(runs):
+        bleu, bleu_mean, _ = summary(runs, "bleu-4")
+        rouge, rouge_mean, _ = summary(runs, "rouge-1")
+        rouge_l = statistics.mean(r["metrics"]["rouge-l"] for r in runs)
+        return [bleu, f"{bleu_mean:.2f}", rouge, f"{rouge_mean:.1f}", f"{rouge_l:.1f}",
+                fmt_params(runs, base_params)[0], *time_and_memory(runs)]
+
+    intro = [
         "### Idiom explanation (first 200 test examples)",
         "",
         f"Trained rows: {IDIOM_STEPS} steps x 16 (lr as in the sentiment rows; the deep prefix at train.sh's idiom "
         "lr 3e-2; full fine-tuning lr 2e-4), best checkpoint by validation loss. BLEU-4 and ROUGE as ChatGLM's "
         "ptuning computes them (characters / jieba words), per seed and mean.",
-        "",
-        "| method | BLEU-4 per seed | BLEU-4 mean | ROUGE-1 per seed | ROUGE-1 mean | ROUGE-L mean | trainable params | "
-        "train time | peak RSS |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for name, runs in rows.items():
-        if not runs:
-            lines.append(f"| {name} | not run yet | | | | | | | |")
-            continue
-        bleu, bleu_mean, _ = summary(runs, "bleu-4")
-        rouge, rouge_mean, _ = summary(runs, "rouge-1")
-        rouge_l = statistics.mean(r["metrics"]["rouge-l"] for r in runs)
-        params, _ = fmt_params(runs, base_params)
-        minutes, rss = time_and_memory(runs)
-        lines.append(f"| {name} | {bleu} | {bleu_mean:.2f} | {rouge} | {rouge_mean:.1f} | {rouge_l:.1f} | {params} | "
-                     f"{minutes} | {rss} |")
-    return "\n".join(lines) + "\n"
+    columns = ["method", "BLEU-4 per seed", "BLEU-4 mean", "ROUGE-1 per seed", "ROUGE-1 mean", "ROUGE-L mean",
+               "trainable params", "train time", "peak RSS"]
+    return markdown_table(intro, columns, "llrlrrrrr", rows, cells)
 
 
 def plot(rows: dict[str, list[dict]], base_params: int, path: Path) -> None:
