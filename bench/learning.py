@@ -74,6 +74,11 @@ CONFIGS: dict[str, dict] = {
         "env": {"MODEL": "output/base_2x", "STEPS": "1200"}, "flags": ["--full_finetune", "--learning_rate", "2e-4"],
         "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
     },
+    # Positive reviews are longer, and a prefix picks that up first (bench/length_shortcut.py): the same recipe on a
+    # training file where length says nothing about the label (python bench/length_shortcut.py --make_balanced).
+    "length_balanced": {
+        "changes": "train.sh as shipped, trained on the length-balanced 12,322 of the 15,363 training reviews",
+        "env": {"TASK": "sentiment", "TRAIN_FILE": "output/length_balanced/train.jsonl"}, "flags": []},
     # The other members of the family (bench/methods.py puts them side by side); learning rates from a 300-step
     # screen on seed 42 (python bench/learning.py --steps 300 --seeds 42 --lr X --configs ...;
     # bench/results/methods-lr-screen.md).
