@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 2 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 3.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
@@ -11,7 +11,10 @@
 #   6. TASK=idiom with STEPS=300 on the first 200 test examples, with and without the prefix;
 #   7. training step time before/after the answer-window loss and length grouping (step_time.md);
 #   8. the P*-tuning family side by side (bench/methods.py: methods.md, methods.png; about 80 more minutes) and
-#      the fixed-batch fit (fixed_batch.txt).
+#      the fixed-batch fit (fixed_batch.txt);
+#   9. the default on length-balanced training data (length_balanced.md), the base pretrained twice as long
+#      (bench/base_strength.sh, about 45 minutes), and last, over every finished run, how much of each run's
+#      answers the prompt's length explains (length_shortcut.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -31,6 +34,10 @@ BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/step_time.py
 "$PY" bench/methods.py
 "$PY" bench/fixed_batch.py prompt_tuning:3e-2 prompt_tuning:3e-1 ptuning_v1:1e-2 ptuning_v2:3e-3
+"$PY" bench/length_shortcut.py --make_balanced
+"$PY" bench/learning.py --configs default,length_balanced --seeds 42,43,44 --out bench/results/length_balanced.md
+bash bench/base_strength.sh
+"$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/default/seed44
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
