@@ -174,7 +174,8 @@ def main(argv=None) -> None:
     text = [
         "# Does the prefix judge the review or its length?",
         "",
-        f"`python bench/length_shortcut.py --runs {Path(args.runs).resolve().relative_to(ROOT)}` over the finished "
+        f"`python bench/length_shortcut.py --runs {Path(args.runs).resolve().relative_to(ROOT)}"
+        + "".join(f" --checkpoint {c}" for c in args.checkpoint) + "` over the finished "
         "full-budget sentiment runs there (bench/learning.py, bench/methods.py).",
         "",
         f"- Median length (characters) of the training reviews: 积极 "
