@@ -79,6 +79,10 @@ CONFIGS: dict[str, dict] = {
     "length_balanced": {
         "changes": "train.sh as shipped, trained on the length-balanced 12,322 of the 15,363 training reviews",
         "env": {"TASK": "sentiment", "TRAIN_FILE": "output/length_balanced/train.jsonl"}, "flags": []},
+    # The prefix answers differently for prompts cut to --max_source_length 96 (bench/length_shortcut.py): the same
+    # recipe with room for 99% of the prompts.
+    "no_cut": {"changes": "train.sh as shipped with --max_source_length 256 (1% of the prompts cut instead of 20%)",
+               "env": {}, "flags": ["--max_source_length", "256"]},
     # The other members of the family (bench/methods.py puts them side by side); learning rates from a 300-step
     # screen on seed 42 (python bench/learning.py --steps 300 --seeds 42 --lr X --configs ...;
     # bench/results/methods-lr-screen.md).

@@ -109,7 +109,7 @@ def run_rows(test: list[dict], runs: Path) -> list[str]:
     return lines
 
 
-LENGTH_BUCKETS = ((1, 32), (33, 64), (65, 95), (96, 96))  # prompt tokens; 96 = cut to --max_source_length
+LENGTH_BUCKETS = ((1, 32), (33, 64), (65, 95))  # prompt tokens; then 96 up to the checkpoint's --max_source_length
 
 
 @torch.no_grad()
@@ -132,7 +132,7 @@ def margins_by_length(checkpoint: str, test: list[dict]) -> list[str]:
         prefixed = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, -1, first]
         rows.append((len(ids), r["label"] == POSITIVE, float(base[0] - base[1]), float(prefixed[0] - prefixed[1])))
     lines = []
-    for low, high in LENGTH_BUCKETS:
+    for low, high in (*LENGTH_BUCKETS, (96, prompt["max_source_length"])):
         b = [row for row in rows if low <= row[0] <= high]
         if not b:
             continue
@@ -201,8 +201,8 @@ def main(argv=None) -> None:
     for checkpoint in args.checkpoint:
         text += [
             "",
-            f"How the prefix of `{checkpoint}` moves the answer, by prompt length (tokens; 96 = cut to "
-            "--max_source_length): d = logit(积) - logit(消) of the first answer token at the answer position; "
+            f"How the prefix of `{checkpoint}` moves the answer, by prompt length (tokens; train.sh cuts prompts "
+            "to --max_source_length 96): d = logit(积) - logit(消) of the first answer token at the answer position; "
             "the class gap is mean d over the 积极 reviews minus over the 消极 ones (the part of d that depends on "
             "the review's sentiment); accuracy of sign(d) with the prefix.",
             "",
