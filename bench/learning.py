@@ -83,6 +83,12 @@ CONFIGS: dict[str, dict] = {
     # recipe with room for 99% of the prompts.
     "no_cut": {"changes": "train.sh as shipped with --max_source_length 256 (1% of the prompts cut instead of 20%)",
                "env": {}, "flags": ["--max_source_length", "256"]},
+    "no_cut_full_finetune": {
+        "changes": "full fine-tuning (as full_finetune) with --max_source_length 256",
+        "env": {"STEPS": "1200"},
+        "flags": ["--full_finetune", "--learning_rate", "2e-4", "--max_source_length", "256"],
+        "full_finetune": True, "evaluate_flags": [*SENTIMENT_EVALUATE_FLAGS, "--max_source_length", "256"],
+    },
     # The other members of the family (bench/methods.py puts them side by side); learning rates from a 300-step
     # screen on seed 42 (python bench/learning.py --steps 300 --seeds 42 --lr X --configs ...;
     # bench/results/methods-lr-screen.md).

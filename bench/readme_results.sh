@@ -37,7 +37,8 @@ BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/fixed_batch.py prompt_tuning:3e-2 prompt_tuning:3e-1 ptuning_v1:1e-2 ptuning_v2:3e-3
 "$PY" bench/length_shortcut.py --make_balanced
 "$PY" bench/learning.py --configs default,length_balanced --seeds 42,43,44 --out bench/results/length_balanced.md
-"$PY" bench/learning.py --configs default,no_cut --seeds 42,43,44 --out bench/results/no_cut.md
+"$PY" bench/learning.py --configs default,no_cut,full_finetune,no_cut_full_finetune --seeds 42,43,44 \
+    --out bench/results/no_cut.md
 bash bench/base_strength.sh
 "$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/default/seed44 \
     --checkpoint output/learning/no_cut/seed42
