@@ -37,6 +37,11 @@ SENTIMENT_EVALUATE_FLAGS = [  # a --full_finetune output is a plain model: evalu
     "--test_file", "data/generated/sentiment/test.jsonl", "--prompt_column", "text", "--response_column", "label",
     "--prompt_template", "instruction", "--source_prefix", "判断这条评论的情感是积极还是消极：", "--max_new_tokens", "4"]
 
+# Full fine-tuning, the baseline: every weight, lr 2e-4; a fine-tuned model records no prompt settings, so evaluate
+# is given them (and --max_source_length where the run trained with another cut).
+FULL_FINETUNE = {"flags": ["--full_finetune", "--learning_rate", "2e-4"], "full_finetune": True,
+                 "evaluate_flags": SENTIMENT_EVALUATE_FLAGS}
+
 # Each entry changes one thing against train.sh's defaults (MLP projection, lr 3e-3 with linear decay and no
 # warmup, pre_seq_len 16, prefix dropout 0, prefix initialized from the task instruction, best checkpoint by
 # validation accuracy). env: train.sh's own settings; flags: appended to its python -m ptuning_v2.train call.
@@ -62,8 +67,7 @@ CONFIGS: dict[str, dict] = {
     "full_finetune": {
         "changes": "full fine-tuning of the base (every weight; lr 2e-4, 1,200 steps), best checkpoint by "
                    "validation accuracy",
-        "env": {"STEPS": "1200"}, "flags": ["--full_finetune", "--learning_rate", "2e-4"],
-        "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
+        "env": {"STEPS": "1200"}, **FULL_FINETUNE,
     },
     # Is the base the limit? The same recipe on a base pretrained twice as long (3,832 instead of 1,916 steps;
     # bench/base_strength.sh builds it into output/base_2x with data/build_base_model.py).
@@ -71,8 +75,7 @@ CONFIGS: dict[str, dict] = {
                 "env": {"MODEL": "output/base_2x"}, "flags": []},
     "base_2x_full_finetune": {
         "changes": "full fine-tuning (as full_finetune) of the base pretrained twice as long (output/base_2x)",
-        "env": {"MODEL": "output/base_2x", "STEPS": "1200"}, "flags": ["--full_finetune", "--learning_rate", "2e-4"],
-        "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
+        "env": {"MODEL": "output/base_2x", "STEPS": "1200"}, **FULL_FINETUNE,
     },
     # Positive reviews are longer, and a prefix picks that up first (bench/length_shortcut.py): the same recipe on a
     # training file where length says nothing about the label (python bench/length_shortcut.py --make_balanced).
@@ -85,9 +88,9 @@ CONFIGS: dict[str, dict] = {
                "env": {}, "flags": ["--max_source_length", "256"]},
     "no_cut_full_finetune": {
         "changes": "full fine-tuning (as full_finetune) with --max_source_length 256",
-        "env": {"STEPS": "1200"},
-        "flags": ["--full_finetune", "--learning_rate", "2e-4", "--max_source_length", "256"],
-        "full_finetune": True, "evaluate_flags": [*SENTIMENT_EVALUATE_FLAGS, "--max_source_length", "256"],
+        "env": {"STEPS": "1200"}, **FULL_FINETUNE,
+        "flags": [*FULL_FINETUNE["flags"], "--max_source_length", "256"],
+        "evaluate_flags": [*SENTIMENT_EVALUATE_FLAGS, "--max_source_length", "256"],
     },
     # The other members of the family (bench/methods.py puts them side by side); learning rates from a 300-step
     # screen on seed 42 (python bench/learning.py --steps 300 --seeds 42 --lr X --configs ...;
@@ -110,9 +113,7 @@ CONFIGS: dict[str, dict] = {
     "fit_512_full_finetune": {
         "changes": "the same fit test with full fine-tuning (lr 2e-4)",
         "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},
-        "flags": ["--max_train_samples", "512", "--max_eval_samples", "512", "--full_finetune", "--learning_rate",
-                  "2e-4"],
-        "full_finetune": True, "evaluate_flags": SENTIMENT_EVALUATE_FLAGS,
+        **FULL_FINETUNE, "flags": ["--max_train_samples", "512", "--max_eval_samples", "512", *FULL_FINETUNE["flags"]],
     },
 }
 

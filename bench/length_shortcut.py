@@ -42,12 +42,13 @@ DATA = ROOT / "data" / "generated" / "sentiment"
 BALANCED = ROOT / "output" / "length_balanced" / "train.jsonl"
 POSITIVE = "积极"
 BINS = 20
-INSTRUCTION, ANSWER_MARK, MAX_SOURCE_LENGTH = "判断这条评论的情感是积极还是消极：", "\n答：", 96  # train.sh's sentiment task
+INSTRUCTION, MAX_SOURCE_LENGTH = "判断这条评论的情感是积极还是消极：", 96  # train.sh's sentiment task
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from ptuning_v2.data import read_jsonl as numbered_lines
+
+    return [obj for _, obj in numbered_lines(path)]
 
 
 def best_threshold(lengths: list[int], positive: list[bool]) -> tuple[int, float]:
@@ -83,14 +84,17 @@ def too_long(rows: list[dict]) -> list[bool]:
     """Whether each review's prompt (bos + instruction + review + answer marker) is over MAX_SOURCE_LENGTH tokens."""
     from transformers import AutoTokenizer
 
+    from ptuning_v2.data import get_template, prompt_prefix_ids
+
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "data" / "base_model")
-    return [1 + len(tokenizer.encode(INSTRUCTION + r["text"] + ANSWER_MARK, add_special_tokens=False))
-            > MAX_SOURCE_LENGTH for r in rows]
+    template, start = get_template("instruction"), len(prompt_prefix_ids(tokenizer))
+    return [start + len(tokenizer.encode(template.build_prompt(r["text"], source_prefix=INSTRUCTION),
+                                         add_special_tokens=False)) > MAX_SOURCE_LENGTH for r in rows]
 
 
-def run_rows(test: list[dict], runs: Path) -> list[str]:
+def run_rows(test: list[dict], cut: list[bool], runs: Path) -> list[str]:
+    """One markdown row per finished run; cut: too_long(test)."""
     lengths = [len(r["text"]) for r in test]
-    cut = too_long(test)
     lines = []
     for pred_file in sorted(runs.glob("*/seed*/eval/generated_predictions.jsonl")):
         run = pred_file.parent.parent
@@ -163,11 +167,8 @@ def main(argv=None) -> None:
         print(f"{BALANCED}: {len(balanced)} of {len(train)} training reviews")
         return
 
-    def rule(rows):
-        return [len(r["text"]) > t for r in rows]
-
     t, train_fit = best_threshold([len(r["text"]) for r in train], [r["label"] == POSITIVE for r in train])
-    test_acc = 100 * statistics.mean(p == (r["label"] == POSITIVE) for p, r in zip(rule(test), test))
+    test_acc = 100 * statistics.mean((len(r["text"]) > t) == (r["label"] == POSITIVE) for r in test)
     cut = too_long(test)
     cut_rule = 100 * statistics.mean(c == (r["label"] == POSITIVE) for c, r in zip(cut, test))
     _, balanced_fit = best_threshold([len(r["text"]) for r in balanced], [r["label"] == POSITIVE for r in balanced])
@@ -196,7 +197,7 @@ def main(argv=None) -> None:
         "| config | seed | test acc. | 积极 answers, % | answers reproduced by one length threshold, % | "
         f"answers = \"积极 iff over {MAX_SOURCE_LENGTH} tokens\", % |",
         "|---|---:|---:|---:|---|---:|",
-        *run_rows(test, Path(args.runs)),
+        *run_rows(test, cut, Path(args.runs)),
     ]
     for checkpoint in args.checkpoint:
         text += [
