@@ -181,12 +181,26 @@ def prompt_prefix_ids(tokenizer) -> list[int]:
     return prefix
 
 
-def encode_source(tokenizer, prompt: str, max_source_length: int) -> list[int]:
-    """prompt_prefix_ids + the prompt's ids, keeping the prompt's end when it is too long."""
+def encode_source(tokenizer, prompt: str, max_source_length: int, keep_head: str = "") -> list[int]:
+    """prompt_prefix_ids + the prompt's ids. A too-long prompt loses its middle: its start ``keep_head`` (the
+    instruction, --source_prefix) and its end (the question and the answer marker) are kept.
+
+    Cutting only the start would drop the instruction from exactly the long inputs, and a model trained that way
+    answers those by the missing instruction instead of by their text (bench/length_shortcut.py). The instruction
+    is kept while it takes at most half of the budget. A prompt that fits is tokenized whole, as before.
+    """
     bos = prompt_prefix_ids(tokenizer)
     ids = tokenizer.encode(prompt, add_special_tokens=False, verbose=False)  # long prompts are cut below
     budget = max(max_source_length - len(bos), 1)
-    return bos + ids[-budget:]
+    if len(ids) <= budget:
+        return bos + ids
+    head = []
+    if keep_head and prompt.startswith(keep_head):
+        head = tokenizer.encode(keep_head, add_special_tokens=False, verbose=False)
+        if len(head) > budget // 2:
+            head = []
+    rest = tokenizer.encode(prompt[len(keep_head):], add_special_tokens=False, verbose=False) if head else ids
+    return bos + head + rest[len(rest) - (budget - len(head)):]
 
 
 def chat_messages(example: Example, source_prefix: str = "") -> list[dict]:
@@ -247,7 +261,7 @@ def build_training_features(
         return {"input_ids": source + target, "attention_mask": [1] * (len(source) + len(target)),
                 "labels": [IGNORE_INDEX] * len(source) + target}
     prompt = template.build_prompt(example.query, list(example.history), source_prefix)
-    source = encode_source(tokenizer, prompt, max_source_length)
+    source = encode_source(tokenizer, prompt, max_source_length, keep_head=source_prefix)
     target = tokenizer.encode(example.response, add_special_tokens=False, verbose=False)[:max_target_length]
     target = target + [tokenizer.eos_token_id]
     return {
@@ -265,5 +279,5 @@ def build_prompt_features(
         source, _ = encode_chat(example, tokenizer, max_source_length, None, source_prefix)
         return {"input_ids": source, "attention_mask": [1] * len(source)}
     prompt = template.build_prompt(example.query, list(example.history), source_prefix)
-    source = encode_source(tokenizer, prompt, max_source_length)
+    source = encode_source(tokenizer, prompt, max_source_length, keep_head=source_prefix)
     return {"input_ids": source, "attention_mask": [1] * len(source)}

@@ -49,6 +49,25 @@ def test_truncation_keeps_prompt_end_and_answer_start():
     assert prompt["input_ids"] == features["input_ids"][:5]
 
 
+def test_truncation_keeps_the_instruction_and_the_prompt_end():
+    tok = tiny_tokenizer()
+    template = get_template("instruction")
+    long_review = "这个好不好" * 8
+    features = build_training_features(Example(long_review, "好"), tok, template, 16, 3, source_prefix="问：")
+    source = features["input_ids"][:16]
+    assert source[0] == tok.bos_token_id and features["labels"][16] != IGNORE_INDEX
+    assert tok.decode(source[1:3]) == "问："                       # the instruction survives the cut
+    assert tok.decode(source[-3:]) == "\n答："                     # and so does the answer marker
+    assert tok.decode(source[3:-3]) == long_review[-10:]           # the review loses its start
+    prompt = build_prompt_features(Example(long_review, ""), tok, template, 16, source_prefix="问：")
+    assert prompt["input_ids"] == source
+    short = build_prompt_features(Example("好", ""), tok, template, 16, source_prefix="问：")
+    assert tok.decode(short["input_ids"][1:]) == "问：好\n答："    # a prompt that fits is unchanged
+    # an instruction longer than half the budget is not kept: the prompt's end is
+    cut = build_prompt_features(Example(long_review, ""), tok, template, 8, source_prefix="问问问问问：")
+    assert tok.decode(cut["input_ids"][1:]) == long_review[-4:] + "\n答："
+
+
 def test_loads_each_layout(tmp_path):
     adgen = write_lines(tmp_path / "a.jsonl", [json.dumps({"content": "好", "summary": "很好"}, ensure_ascii=False)])
     assert load_examples(adgen, Columns()) == [Example("好", "很好")]
