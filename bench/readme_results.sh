@@ -12,10 +12,10 @@
 #   7. training step time before/after the answer-window loss and length grouping (step_time.md);
 #   8. the P*-tuning family side by side (bench/methods.py: methods.md, methods.png; about 80 more minutes) and
 #      the fixed-batch fit (fixed_batch.txt);
-#   9. the default on length-balanced training data (length_balanced.md) and with prompts cut at 256 tokens instead
-#      of 96 (no_cut.md), the base pretrained twice as long
-#      (bench/base_strength.sh, about 45 minutes), and last, over every finished run, how much of each run's
-#      answers the prompt's length explains (length_shortcut.md).
+#   9. the default on length-balanced training data (length_balanced.md) and with prompts cut at 96 tokens, the
+#      previous default (cut.md), the base pretrained twice as long (bench/base_strength.sh, about 45 minutes) and
+#      the 8-layer base (bench/base_depth.sh, about 70 minutes), and last, over every finished run, how much of
+#      each run's answers the prompt's length explains (length_shortcut.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -37,11 +37,11 @@ BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/fixed_batch.py prompt_tuning:3e-2 prompt_tuning:3e-1 ptuning_v1:1e-2 ptuning_v2:3e-3
 "$PY" bench/length_shortcut.py --make_balanced
 "$PY" bench/learning.py --configs default,length_balanced --seeds 42,43,44 --out bench/results/length_balanced.md
-"$PY" bench/learning.py --configs default,no_cut,full_finetune,no_cut_full_finetune --seeds 42,43,44 \
-    --out bench/results/no_cut.md
+"$PY" bench/learning.py --configs default,cut_96,full_finetune --seeds 42,43,44 --out bench/results/cut.md
 bash bench/base_strength.sh
-"$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/default/seed44 \
-    --checkpoint output/learning/no_cut/seed42
+bash bench/base_depth.sh
+"$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/cut_96/seed42 \
+    --checkpoint output/learning/cut_96/seed44
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
