@@ -116,6 +116,10 @@ CONFIGS: dict[str, dict] = {
         "changes": "the same fit test on the 8-layer base (output/base_deep)",
         "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl", "MODEL": "output/base_deep"},
         "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
+    "fit_512_base_2x": {
+        "changes": "the same fit test on the base pretrained twice as long (output/base_2x)",
+        "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl", "MODEL": "output/base_2x"},
+        "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
     "fit_512_full_finetune": {
         "changes": "the same fit test with full fine-tuning (lr 2e-4)",
         "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},
