@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 3.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
