@@ -39,6 +39,7 @@ BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/learning.py --configs default,length_balanced --seeds 42,43,44 --out bench/results/length_balanced.md
 "$PY" bench/learning.py --configs default,cut_96,full_finetune --seeds 42,43,44 --out bench/results/cut.md
 "$PY" bench/learning.py --configs default --steps 4000 --seeds 42 --out bench/results/steps-4000.md
+"$PY" bench/learning.py --configs pre_seq_len_64,no_projection,lr_1e-2 --seeds 42 --out bench/results/screen-full-seed42.md
 bash bench/base_strength.sh
 bash bench/base_depth.sh
 "$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/cut_96/seed42 \
