@@ -39,9 +39,13 @@ SENTIMENT_EVALUATE_FLAGS = [  # a --full_finetune output is a plain model: evalu
     "--max_source_length", "256"]  # train.sh's sentiment cut
 
 # Full fine-tuning, the baseline: every weight, lr 2e-4; a fine-tuned model records no prompt settings, so evaluate
-# is given them (and --max_source_length where the run trained with another cut).
+# is given them.
 FULL_FINETUNE = {"flags": ["--full_finetune", "--learning_rate", "2e-4"], "full_finetune": True,
                  "evaluate_flags": SENTIMENT_EVALUATE_FLAGS}
+
+# The fit test: 512 training reviews for 600 steps (~19 epochs), validated on those same 512 reviews.
+FIT_512_ENV = {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"}
+FIT_512_FLAGS = ["--max_train_samples", "512", "--max_eval_samples", "512"]
 
 # Each entry changes one thing against train.sh's defaults (MLP projection, lr 3e-3 with linear decay and no
 # warmup, pre_seq_len 16, prefix dropout 0, prefix initialized from the task instruction, best checkpoint by
@@ -106,24 +110,16 @@ CONFIGS: dict[str, dict] = {
     # Can the method fit at all? 512 training reviews for 600 steps (~19 epochs); "best dev acc." is measured on
     # those same 512 reviews, so it is the training fit; the test column is still the test split.
     "fit_512": {"changes": "fit test: 512 training reviews, 600 steps; dev column = accuracy on those 512",
-                "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},
-                "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
-    "fit_512_pre_seq_len_128": {
-        "changes": "the same fit test with pre_seq_len 128",
-        "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl", "PRE_SEQ_LEN": "128"},
-        "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
-    "fit_512_base_deep": {
-        "changes": "the same fit test on the 8-layer base (output/base_deep)",
-        "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl", "MODEL": "output/base_deep"},
-        "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
-    "fit_512_base_2x": {
-        "changes": "the same fit test on the base pretrained twice as long (output/base_2x)",
-        "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl", "MODEL": "output/base_2x"},
-        "flags": ["--max_train_samples", "512", "--max_eval_samples", "512"]},
+                "env": FIT_512_ENV, "flags": FIT_512_FLAGS},
+    "fit_512_pre_seq_len_128": {"changes": "the same fit test with pre_seq_len 128",
+                                "env": {**FIT_512_ENV, "PRE_SEQ_LEN": "128"}, "flags": FIT_512_FLAGS},
+    "fit_512_base_deep": {"changes": "the same fit test on the 8-layer base (output/base_deep)",
+                          "env": {**FIT_512_ENV, "MODEL": "output/base_deep"}, "flags": FIT_512_FLAGS},
+    "fit_512_base_2x": {"changes": "the same fit test on the base pretrained twice as long (output/base_2x)",
+                        "env": {**FIT_512_ENV, "MODEL": "output/base_2x"}, "flags": FIT_512_FLAGS},
     "fit_512_full_finetune": {
-        "changes": "the same fit test with full fine-tuning (lr 2e-4)",
-        "env": {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"},
-        **FULL_FINETUNE, "flags": ["--max_train_samples", "512", "--max_eval_samples", "512", *FULL_FINETUNE["flags"]],
+        "changes": "the same fit test with full fine-tuning (lr 2e-4)", **FULL_FINETUNE,
+        "env": FIT_512_ENV, "flags": [*FIT_512_FLAGS, *FULL_FINETUNE["flags"]],
     },
 }
 

@@ -11,7 +11,7 @@
    bench/learning.py and bench/methods.py): its test accuracy, the share of 积极 answers, and how much of its answers a
    single length threshold reproduces (the best T for that run's own answers): near 100% means the run answers by
    length, whatever it was trained to do; and how many of its answers are "积极 iff the prompt was longer than
-   train.sh's --max_source_length 96 tokens", i.e. iff cutting the prompt's start would remove the instruction
+   train.sh's previous --max_source_length, 96 tokens", i.e. iff cutting the prompt's start would remove the instruction
    (what the data pipeline did before it learned to keep the instruction).
 3. --make_balanced: a training file in which length says nothing about the label: the training reviews are cut
    into 20 bins by length (equal counts), and in each bin the larger label is subsampled (seed 0) to the size of the
@@ -42,7 +42,8 @@ DATA = ROOT / "data" / "generated" / "sentiment"
 BALANCED = ROOT / "output" / "length_balanced" / "train.jsonl"
 POSITIVE = "积极"
 BINS = 20
-INSTRUCTION, MAX_SOURCE_LENGTH = "判断这条评论的情感是积极还是消极：", 96  # train.sh's sentiment task
+INSTRUCTION = "判断这条评论的情感是积极还是消极："  # train.sh's sentiment instruction
+MAX_SOURCE_LENGTH = 96  # the cut train.sh used before it kept 256 tokens (and the instruction of cut prompts)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -202,8 +203,8 @@ def main(argv=None) -> None:
     for checkpoint in args.checkpoint:
         text += [
             "",
-            f"How the prefix of `{checkpoint}` moves the answer, by prompt length (tokens; train.sh cuts prompts "
-            "to --max_source_length 96): d = logit(积) - logit(消) of the first answer token at the answer position; "
+            f"How the prefix of `{checkpoint}` moves the answer, by prompt length (tokens; the checkpoint's "
+            "--max_source_length ends the last bucket): d = logit(积) - logit(消) of the first answer token at the answer position; "
             "the class gap is mean d over the 积极 reviews minus over the 消极 ones (the part of d that depends on "
             "the review's sentiment); accuracy of sign(d) with the prefix.",
             "",
