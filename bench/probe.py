@@ -1,9 +1,10 @@
 """How much sentiment the frozen default base already carries: logistic-regression probes on its hidden states.
 
-    python bench/probe.py [--train 4096] [--model data/base_model]
+    python bench/probe.py [--train 4096] [--max_source_length 256] [--model data/base_model]
 
 Every review is formatted exactly as training formats it (instruction template, the task's instruction, cut to
-96 tokens) and run once through the frozen base. Features, per layer output l = 1..4 (hidden 256):
+--max_source_length tokens: 256 as train.sh does now, 96 for the previous default) and run once through the
+frozen base. Features, per layer output l = 1..4 (hidden 256):
   * last: the hidden state (256,) at the prompt's last token ("：" of "答："), where the answer is predicted;
   * mean: the mean hidden state (256,) over the prompt's real tokens.
 A logistic regression (torch, L-BFGS, L2 weight 1e-3 on standardized features) is fit on the first --train
@@ -34,10 +35,11 @@ INSTRUCTION = "判断这条评论的情感是积极还是消极："  # the senti
 
 
 @torch.no_grad()
-def features(model, tokenizer, examples, batch_size=64):
+def features(model, tokenizer, examples, max_source_length, batch_size=64):
     """(layers, N, 2, hidden): per layer output, the last-token and the mean hidden state of each prompt."""
     template = get_template("instruction")
-    prompts = [build_prompt_features(ex, tokenizer, template, 96, INSTRUCTION)["input_ids"] for ex in examples]
+    prompts = [build_prompt_features(ex, tokenizer, template, max_source_length, INSTRUCTION)["input_ids"]
+               for ex in examples]
     out = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[start:start + batch_size], tokenizer.pad_token_id, "cpu")
@@ -68,7 +70,7 @@ def fit_logistic(x, y, l2=1e-3, steps=200):
 
 
 @torch.no_grad()
-def starting_losses(model, tokenizer, examples) -> dict[str, float]:
+def starting_losses(model, tokenizer, examples, max_source_length) -> dict[str, float]:
     """Loss on the answers before training: base alone, random prefix, prefix from the instruction (P = 16, MLP)."""
     from transformers import DataCollatorForSeq2Seq
 
@@ -77,8 +79,8 @@ def starting_losses(model, tokenizer, examples) -> dict[str, float]:
     from ptuning_v2.prefix_init import initialize_prefix_from_text
     from ptuning_v2.prefix_model import PrefixModel, causal_lm_loss, encoder_config_for
 
-    features = [build_training_features(ex, tokenizer, get_template("instruction"), 96, 4, INSTRUCTION)
-                for ex in examples]
+    template = get_template("instruction")
+    features = [build_training_features(ex, tokenizer, template, max_source_length, 4, INSTRUCTION) for ex in examples]
     tokenizer.padding_side = "left"
     batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(features)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -98,6 +100,7 @@ def main(argv=None):
     p.add_argument("--model", default=str(ROOT / "data" / "base_model"))
     p.add_argument("--data", default=str(ROOT / "data" / "generated" / "sentiment"))
     p.add_argument("--train", type=int, default=4096, help="training reviews for the probe")
+    p.add_argument("--max_source_length", type=int, default=256, help="prompt tokens kept (train.sh's sentiment cut)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "probe.md"))
     args = p.parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,7 +112,8 @@ def main(argv=None):
     train = load_examples(Path(args.data) / "train.jsonl", columns)[: args.train]
     test = load_examples(Path(args.data) / "test.jsonl", columns)
     start = time.time()
-    x_train, x_test = features(model, tokenizer, train), features(model, tokenizer, test)
+    x_train = features(model, tokenizer, train, args.max_source_length)
+    x_test = features(model, tokenizer, test, args.max_source_length)
     y_train = torch.tensor([ex.response == "积极" for ex in train], dtype=torch.float32)
     y_test = torch.tensor([ex.response == "积极" for ex in test])
     rows = []
@@ -119,11 +123,13 @@ def main(argv=None):
             predict = fit_logistic(x_train[layer, :, kind], y_train)
             accs.append(100 * (predict(x_test[layer, :, kind]) == y_test).float().mean().item())
         rows.append(f"| {layer + 1} | {accs[0]:.1f} | {accs[1]:.1f} |")
-    losses = starting_losses(model, tokenizer, train[:256])
+    losses = starting_losses(model, tokenizer, train[:256], args.max_source_length)
     text = "\n".join([
         f"Logistic-regression probes on the frozen base ({Path(args.model).name}), {len(train)} training reviews, "
         f"test split ({len(test)} reviews, {100 * (1 - y_test.float().mean().item()):.0f}% 消极); "
-        f"`python bench/probe.py --train {args.train}` ({time.time() - start:.0f} s).",
+        f"prompts cut to {args.max_source_length} tokens; "
+        f"`python bench/probe.py --train {args.train} --max_source_length {args.max_source_length}` "
+        f"({time.time() - start:.0f} s).",
         "",
         "| layer output | last token (acc. %) | mean over tokens (acc. %) |",
         "|---:|---:|---:|",
