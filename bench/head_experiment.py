@@ -2,7 +2,7 @@
 
     python bench/head_experiment.py [--steps 1000] [--seeds 42] [--variants lm,head_last,...]
 
-In-process loop on the default sentiment task (the same formatting as train.sh: instruction template, 96 source
+In-process loop on the default sentiment task (the same formatting as train.sh: instruction template, --max_source
 tokens), batch 16, AdamW, best dev step kept, accuracy on the 1,000-review test split. Variants:
   lm          the prefix trained on the answer tokens (what train.sh does), scored by label scoring
   head_last   prefix + a linear head (num_labels, hidden) on the final hidden state of the prompt's last token,
@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from inprocess_loop import train_keeping_best  # noqa: E402
 from ptuning_v2.data import Columns, build_prompt_features, get_template, load_examples  # noqa: E402
 from ptuning_v2.inference import left_pad  # noqa: E402
 from ptuning_v2.positions import real_token_positions  # noqa: E402
@@ -37,9 +38,9 @@ INSTRUCTION = "判断这条评论的情感是积极还是消极："
 LABELS = ["消极", "积极"]
 
 
-def encode(examples, tokenizer):
+def encode(examples, tokenizer, max_source):
     template = get_template("instruction")
-    ids = [build_prompt_features(ex, tokenizer, template, 96, INSTRUCTION)["input_ids"] for ex in examples]
+    ids = [build_prompt_features(ex, tokenizer, template, max_source, INSTRUCTION)["input_ids"] for ex in examples]
     return ids, torch.tensor([LABELS.index(ex.response) for ex in examples])
 
 
@@ -57,7 +58,7 @@ def pooled(hidden, mask, how):
     return (hidden * w).sum(1) / w.sum(1)
 
 
-def run(variant, seed, steps, lr, head_lr, model_dir, data_dir, eval_every):
+def run(variant, seed, steps, lr, head_lr, model_dir, data_dir, eval_every, max_source):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
@@ -67,9 +68,9 @@ def run(variant, seed, steps, lr, head_lr, model_dir, data_dir, eval_every):
     model = PrefixModel(base, encoder_config_for(base.config, 16, True, None, 0.0))
     initialize_prefix_from_text(model, tok, INSTRUCTION)
     cols = Columns(prompt="text", response="label")
-    train_ids, train_y = encode(load_examples(Path(data_dir) / "train.jsonl", cols), tok)
-    dev_ids, dev_y = encode(load_examples(Path(data_dir) / "dev.jsonl", cols), tok)
-    test_ids, test_y = encode(load_examples(Path(data_dir) / "test.jsonl", cols), tok)
+    train_ids, train_y = encode(load_examples(Path(data_dir) / "train.jsonl", cols), tok, max_source)
+    dev_ids, dev_y = encode(load_examples(Path(data_dir) / "dev.jsonl", cols), tok, max_source)
+    test_ids, test_y = encode(load_examples(Path(data_dir) / "test.jsonl", cols), tok, max_source)
     label_tok = [tok.encode(w, add_special_tokens=False)[0] for w in LABELS]
     lm_rows = base.get_output_embeddings().weight[label_tok].detach().clone()      # (2, H)
     head = torch.nn.Linear(lm_rows.shape[1], 2)
@@ -99,35 +100,25 @@ def run(variant, seed, steps, lr, head_lr, model_dir, data_dir, eval_every):
         model.train()
         return (preds == y).float().mean().item() * 100
 
-    order = list(range(len(train_ids)))
-    random.Random(seed).shuffle(order)
-    best = (accuracy(dev_ids, dev_y), 0, None)
-    t0 = time.time()
-    for step in range(1, steps + 1):
-        idx = [order[(step * 16 + j) % len(order)] for j in range(16)]
+    def batch_loss(idx):
         if variant == "lm":
             # the LM loss on the label word's first token at the answer position (the full LM head)
             ids, mask = left_pad([train_ids[i] for i in idx], tok.pad_token_id, "cpu")
             h = final_hidden(model, ids, mask, True)[:, -1]
-            logits = base.lm_head(h)
-            loss = F.cross_entropy(logits, torch.tensor(label_tok)[train_y[idx]])
-        else:
-            loss = F.cross_entropy(logits_of([train_ids[i] for i in idx]), train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % eval_every == 0 or step == steps:
-            dev = accuracy(dev_ids, dev_y)
-            print(f"  {variant} seed {seed} step {step} loss {loss.item():.3f} dev {dev:.1f}", flush=True)
-            if dev > best[0]:
-                state = ({k: v.clone() for k, v in model.prefix_encoder.state_dict().items()},
-                         {k: v.clone() for k, v in head.state_dict().items()})
-                best = (dev, step, state)
-    minutes = (time.time() - t0) / 60
-    if best[2] is not None:
-        model.prefix_encoder.load_state_dict(best[2][0])
-        head.load_state_dict(best[2][1])
-    return {"variant": variant, "seed": seed, "best_step": best[1], "dev": best[0],
+            return F.cross_entropy(base.lm_head(h), torch.tensor(label_tok)[train_y[idx]])
+        return F.cross_entropy(logits_of([train_ids[i] for i in idx]), train_y[idx])
+
+    def snapshot():
+        return ({k: v.clone() for k, v in model.prefix_encoder.state_dict().items()},
+                {k: v.clone() for k, v in head.state_dict().items()})
+
+    def restore(state):
+        model.prefix_encoder.load_state_dict(state[0])
+        head.load_state_dict(state[1])
+
+    dev, best_step, minutes = train_keeping_best(opt, batch_loss, lambda: accuracy(dev_ids, dev_y), snapshot, restore,
+                                                 len(train_ids), steps, seed, eval_every, f"{variant} seed {seed}")
+    return {"variant": variant, "seed": seed, "best_step": best_step, "dev": dev,
             "test": accuracy(test_ids, test_y), "minutes": round(minutes, 2)}
 
 
@@ -139,6 +130,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--head_lr", type=float, default=1e-3)
     p.add_argument("--eval_every", type=int, default=100)
+    p.add_argument("--max_source", type=int, default=256, help="prompt tokens kept (train.sh's sentiment cut; 96 "
+                   "before)")
     p.add_argument("--model", default=str(ROOT / "data" / "base_model"))
     p.add_argument("--data", default=str(ROOT / "data" / "generated" / "sentiment"))
     p.add_argument("--out", default=str(ROOT / "output" / "head_experiment.jsonl"))
@@ -146,10 +139,12 @@ def main(argv=None):
     torch.set_num_threads(2)
     for variant in args.variants.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            result = run(variant, seed, args.steps, args.lr, args.head_lr, args.model, args.data, args.eval_every)
+            result = run(variant, seed, args.steps, args.lr, args.head_lr, args.model, args.data, args.eval_every,
+                         args.max_source)
             print(json.dumps(result), flush=True)
             with open(args.out, "a") as f:
-                f.write(json.dumps({**result, "steps": args.steps, "lr": args.lr, "head_lr": args.head_lr}) + "\n")
+                f.write(json.dumps({**result, "steps": args.steps, "lr": args.lr, "head_lr": args.head_lr,
+                                    "max_source": args.max_source}) + "\n")
 
 
 if __name__ == "__main__":
