@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 6.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
@@ -15,7 +15,9 @@
 #   9. the default on length-balanced training data (length_balanced.md) and with prompts cut at 96 tokens, the
 #      previous default (cut.md), the base pretrained twice as long (bench/base_strength.sh, about 45 minutes) and
 #      the 8-layer base (bench/base_depth.sh, about 70 minutes), and last, over every finished run, how much of
-#      each run's answers the prompt's length explains (length_shortcut.md).
+#      each run's answers the prompt's length explains (length_shortcut.md);
+#  10. the full-budget screen (screen-full-seed42.md, screen-full-cosine.md), the answer-position experiments
+#      (suffix_experiment.md) and the classification head at the current cut (output/head256.jsonl).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -39,9 +41,14 @@ BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/learning.py --configs default,length_balanced --seeds 42,43,44 --out bench/results/length_balanced.md
 "$PY" bench/learning.py --configs default,cut_96,full_finetune --seeds 42,43,44 --out bench/results/cut.md
 "$PY" bench/learning.py --configs default --steps 4000 --seeds 42 --out bench/results/steps-4000.md
-"$PY" bench/learning.py --configs pre_seq_len_64,no_projection,lr_1e-2 --seeds 42 --out bench/results/screen-full-seed42.md
 bash bench/base_strength.sh
 bash bench/base_depth.sh
+# after base_strength.sh: the full-budget screen has a row on its output/base_2x
+"$PY" bench/learning.py --seeds 42 --out bench/results/screen-full-seed42.md \
+    --configs default,lr_1e-3,lr_1e-2,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init,random_batches,base_2x
+"$PY" bench/learning.py --configs default,cosine_warmup --seeds 42,43,44 --out bench/results/screen-full-cosine.md
+"$PY" bench/suffix_experiment.py --variants prefix,prefix_suffix4,prefix_posfree --steps 2000 --eval_every 200
+"$PY" bench/head_experiment.py --variants head_mean --steps 2000 --eval_every 200 --out output/head256.jsonl
 "$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/cut_96/seed42 \
     --checkpoint output/learning/cut_96/seed44
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
