@@ -11,6 +11,9 @@ scoring on the 1,000-review test split. Variants:
   prefix          the deep prefix alone (train.sh's method: pre_seq_len 16, MLP, lr 3e-3, instruction init)
   prefix_suffixK  the same prefix + K soft input tokens appended after the prompt (after "答：")
   suffixK         the K soft tokens alone, no deep prefix (prompt tuning placed at the end)
+  prefix_posfree  the deep prefix with its keys zero in the dimensions RoPE rotates (the first 32 of 64 in this
+                  GLM): a query at position m meets a prefix key through R_m, so a prefix's attention weight
+                  otherwise moves with the prompt's length; here it depends on the query's content only
 Shapes: prompt ids (B, L) left-padded, then K soft tokens: inputs_embeds (B, L + K, H=256); answer logits at the
 last position (B, V) -> the two label words' first tokens (B, 2).
 """
@@ -42,18 +45,19 @@ INSTRUCTION = "判断这条评论的情感是积极还是消极："
 LABELS = ["消极", "积极"]
 
 
-def parse_variant(variant: str) -> tuple[bool, int]:
-    """'prefix' -> (True, 0); 'prefix_suffix4' -> (True, 4); 'suffix4' -> (False, 4)."""
-    m = re.fullmatch(r"(prefix)?_?(?:suffix(\d+))?", variant)
+def parse_variant(variant: str) -> tuple[bool, bool, int]:
+    """(deep prefix?, position-free prefix keys?, K soft tokens): 'prefix' -> (True, False, 0);
+    'prefix_suffix4' -> (True, False, 4); 'prefix_posfree' -> (True, True, 0); 'suffix4' -> (False, False, 4)."""
+    m = re.fullmatch(r"(prefix(_posfree)?)?_?(?:suffix(\d+))?", variant)
     if not m or variant == "":
         raise ValueError(f"unknown variant {variant!r}")
-    return m.group(1) is not None, int(m.group(2) or 0)
+    return m.group(1) is not None, m.group(2) is not None, int(m.group(3) or 0)
 
 
 def run(variant, seed, steps, lr, suffix_lr, max_source, model_dir, data_dir, eval_every):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    use_prefix, k = parse_variant(variant)
+    use_prefix, position_free, k = parse_variant(variant)
     torch.manual_seed(seed)
     random.seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -63,6 +67,10 @@ def run(variant, seed, steps, lr, suffix_lr, max_source, model_dir, data_dir, ev
     model = PrefixModel(base, encoder_config_for(base.config, 16, True, None, 0.0))
     initialize_prefix_from_text(model, tok, INSTRUCTION)
     embed = base.get_input_embeddings()
+    # GLM rotates the first head_dim * partial_rotary_factor dimensions of queries and keys (32 of 64 here)
+    rotary_dims = int(base.config.head_dim * base.config.rope_parameters.get("partial_rotary_factor", 1.0))
+    key_mask = torch.ones(base.config.head_dim)
+    key_mask[:rotary_dims] = 0.0 if position_free else 1.0
     # the soft tokens start as the embeddings of the instruction's first K tokens (real-token init)
     init_ids = tok.encode(INSTRUCTION, add_special_tokens=False)
     init_ids = (init_ids * k)[:k]
@@ -96,7 +104,8 @@ def run(variant, seed, steps, lr, suffix_lr, max_source, model_dir, data_dir, ev
             mask = torch.cat([mask, torch.ones(ids.shape[0], k, dtype=mask.dtype)], dim=1)
         pos = real_token_positions(mask)
         if use_prefix:
-            out = forward_with_prefix(base.model, model.prefix_kv(ids.shape[0]), None, mask, pos, inputs_embeds=emb)
+            kv = [(key * key_mask, value) for key, value in model.prefix_kv(ids.shape[0])]
+            out = forward_with_prefix(base.model, kv, None, mask, pos, inputs_embeds=emb)
         else:
             out = base.model(inputs_embeds=emb, attention_mask=mask, position_ids=pos)
         return base.lm_head(out.last_hidden_state[:, -1])                          # (B, V)
