@@ -16,7 +16,7 @@
 #      previous default (cut.md), the base pretrained twice as long (bench/base_strength.sh, about 45 minutes) and
 #      the 8-layer base (bench/base_depth.sh, about 70 minutes), and last, over every finished run, how much of
 #      each run's answers the prompt's length explains (length_shortcut.md);
-#  10. the full-budget screen (screen-full-seed42.md, screen-full-cosine.md), the answer-position experiments
+#  10. the full-budget screen (screen-full-seed42.md, screen-full-cosine.md, screen-full-init.md), the answer-position experiments
 #      (suffix_experiment.md) and the classification head at the current cut (output/head256.jsonl).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,6 +47,7 @@ bash bench/base_depth.sh
 "$PY" bench/learning.py --seeds 42 --out bench/results/screen-full-seed42.md \
     --configs default,lr_1e-3,lr_1e-2,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init,random_batches,base_2x
 "$PY" bench/learning.py --configs default,cosine_warmup --seeds 42,43,44 --out bench/results/screen-full-cosine.md
+"$PY" bench/learning.py --configs default,random_init --seeds 42,43,44 --out bench/results/screen-full-init.md
 "$PY" bench/suffix_experiment.py --variants prefix,prefix_suffix4,prefix_posfree --steps 2000 --eval_every 200
 "$PY" bench/head_experiment.py --variants head_mean --steps 2000 --eval_every 200 --out output/head256.jsonl
 "$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/cut_96/seed42 \
