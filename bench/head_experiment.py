@@ -15,8 +15,6 @@ Shapes: input_ids (B, L) left-padded; final hidden (B, L, H=256); head logits (B
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 from pathlib import Path
 
@@ -27,21 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from inprocess_loop import train_keeping_best  # noqa: E402
-from ptuning_v2.data import Columns, build_prompt_features, get_template, load_examples  # noqa: E402
+from inprocess_loop import (  # noqa: E402
+    LABELS, add_common_arguments, append_result, prefixed_base, sentiment_splits, train_keeping_best,
+    variants_and_seeds)
 from ptuning_v2.inference import left_pad  # noqa: E402
 from ptuning_v2.positions import real_token_positions  # noqa: E402
-from ptuning_v2.prefix_init import initialize_prefix_from_text  # noqa: E402
-from ptuning_v2.prefix_model import PrefixModel, encoder_config_for, forward_with_prefix  # noqa: E402
-
-INSTRUCTION = "判断这条评论的情感是积极还是消极："
-LABELS = ["消极", "积极"]
-
-
-def encode(examples, tokenizer, max_source):
-    template = get_template("instruction")
-    ids = [build_prompt_features(ex, tokenizer, template, max_source, INSTRUCTION)["input_ids"] for ex in examples]
-    return ids, torch.tensor([LABELS.index(ex.response) for ex in examples])
+from ptuning_v2.prefix_model import forward_with_prefix  # noqa: E402
 
 
 def final_hidden(model, ids, mask, use_prefix):
@@ -59,18 +48,9 @@ def pooled(hidden, mask, how):
 
 
 def run(variant, seed, steps, lr, head_lr, model_dir, data_dir, eval_every, max_source):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = PrefixModel(base, encoder_config_for(base.config, 16, True, None, 0.0))
-    initialize_prefix_from_text(model, tok, INSTRUCTION)
-    cols = Columns(prompt="text", response="label")
-    train_ids, train_y = encode(load_examples(Path(data_dir) / "train.jsonl", cols), tok, max_source)
-    dev_ids, dev_y = encode(load_examples(Path(data_dir) / "dev.jsonl", cols), tok, max_source)
-    test_ids, test_y = encode(load_examples(Path(data_dir) / "test.jsonl", cols), tok, max_source)
+    tok, base, model = prefixed_base(model_dir, seed)
+    splits = sentiment_splits(tok, data_dir, max_source)
+    (train_ids, train_y), (dev_ids, dev_y), (test_ids, test_y) = splits["train"], splits["dev"], splits["test"]
     label_tok = [tok.encode(w, add_special_tokens=False)[0] for w in LABELS]
     lm_rows = base.get_output_embeddings().weight[label_tok].detach().clone()      # (2, H)
     head = torch.nn.Linear(lm_rows.shape[1], 2)
@@ -125,26 +105,15 @@ def run(variant, seed, steps, lr, head_lr, model_dir, data_dir, eval_every, max_
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="lm,head_last,head_mean,probe_last")
-    p.add_argument("--seeds", default="42")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=3e-3)
+    add_common_arguments(p, steps=1000, out=ROOT / "output" / "head_experiment.jsonl")
     p.add_argument("--head_lr", type=float, default=1e-3)
-    p.add_argument("--eval_every", type=int, default=100)
-    p.add_argument("--max_source", type=int, default=256, help="prompt tokens kept (train.sh's sentiment cut; 96 "
-                   "before)")
-    p.add_argument("--model", default=str(ROOT / "data" / "base_model"))
-    p.add_argument("--data", default=str(ROOT / "data" / "generated" / "sentiment"))
-    p.add_argument("--out", default=str(ROOT / "output" / "head_experiment.jsonl"))
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    for variant in args.variants.split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            result = run(variant, seed, args.steps, args.lr, args.head_lr, args.model, args.data, args.eval_every,
-                         args.max_source)
-            print(json.dumps(result), flush=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps({**result, "steps": args.steps, "lr": args.lr, "head_lr": args.head_lr,
-                                    "max_source": args.max_source}) + "\n")
+    for variant, seed in variants_and_seeds(args):
+        result = run(variant, seed, args.steps, args.lr, args.head_lr, args.model, args.data, args.eval_every,
+                     args.max_source)
+        append_result(args.out, result, {"steps": args.steps, "lr": args.lr, "head_lr": args.head_lr,
+                                         "max_source": args.max_source})
 
 
 if __name__ == "__main__":

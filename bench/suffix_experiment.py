@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import sys
 from pathlib import Path
@@ -34,15 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from inprocess_loop import train_keeping_best  # noqa: E402
-from ptuning_v2.data import Columns, build_prompt_features, get_template, load_examples  # noqa: E402
+from inprocess_loop import (  # noqa: E402
+    INSTRUCTION, LABELS, add_common_arguments, append_result, prefixed_base, sentiment_splits, train_keeping_best,
+    variants_and_seeds)
 from ptuning_v2.inference import left_pad  # noqa: E402
 from ptuning_v2.positions import real_token_positions  # noqa: E402
-from ptuning_v2.prefix_init import initialize_prefix_from_text  # noqa: E402
-from ptuning_v2.prefix_model import PrefixModel, encoder_config_for, forward_with_prefix  # noqa: E402
-
-INSTRUCTION = "判断这条评论的情感是积极还是消极："
-LABELS = ["消极", "积极"]
+from ptuning_v2.prefix_model import forward_with_prefix  # noqa: E402
 
 
 def parse_variant(variant: str) -> tuple[bool, bool, int]:
@@ -55,38 +51,21 @@ def parse_variant(variant: str) -> tuple[bool, bool, int]:
 
 
 def run(variant, seed, steps, lr, suffix_lr, max_source, model_dir, data_dir, eval_every):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     use_prefix, position_free, k = parse_variant(variant)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    for p in base.parameters():
-        p.requires_grad_(False)
-    model = PrefixModel(base, encoder_config_for(base.config, 16, True, None, 0.0))
-    initialize_prefix_from_text(model, tok, INSTRUCTION)
+    tok, base, model = prefixed_base(model_dir, seed)
     embed = base.get_input_embeddings()
     # GLM rotates the first head_dim * partial_rotary_factor dimensions of queries and keys (32 of 64 here)
     rotary_dims = int(base.config.head_dim * base.config.rope_parameters.get("partial_rotary_factor", 1.0))
     key_mask = torch.ones(base.config.head_dim)
-    key_mask[:rotary_dims] = 0.0 if position_free else 1.0
+    if position_free:
+        key_mask[:rotary_dims] = 0.0
     # the soft tokens start as the embeddings of the instruction's first K tokens (real-token init)
     init_ids = tok.encode(INSTRUCTION, add_special_tokens=False)
     init_ids = (init_ids * k)[:k]
     suffix = torch.nn.Parameter(embed.weight[init_ids].detach().clone()) if k else None    # (K, H)
 
-    cols = Columns(prompt="text", response="label")
-    template = get_template("instruction")
-
-    def encode(path):
-        examples = load_examples(Path(data_dir) / path, cols)
-        ids = [build_prompt_features(ex, tok, template, max_source, INSTRUCTION)["input_ids"] for ex in examples]
-        return ids, torch.tensor([LABELS.index(ex.response) for ex in examples])
-
-    train_ids, train_y = encode("train.jsonl")
-    dev_ids, dev_y = encode("dev.jsonl")
-    test_ids, test_y = encode("test.jsonl")
+    splits = sentiment_splits(tok, data_dir, max_source)
+    (train_ids, train_y), (dev_ids, dev_y), (test_ids, test_y) = splits["train"], splits["dev"], splits["test"]
     label_tok = torch.tensor([tok.encode(w, add_special_tokens=False)[0] for w in LABELS])
 
     params = []
@@ -160,28 +139,18 @@ def write_table(jsonl: Path, out: Path, command: str) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="prefix,prefix_suffix4,suffix4")
-    p.add_argument("--seeds", default="42")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=3e-3, help="the prefix's learning rate (train.sh's)")
+    add_common_arguments(p, steps=2000, out=ROOT / "output" / "suffix_experiment.jsonl")
     p.add_argument("--suffix_lr", type=float, default=3e-3)
-    p.add_argument("--max_source", type=int, default=256, help="prompt tokens kept (train.sh's sentiment cut)")
-    p.add_argument("--eval_every", type=int, default=100)
-    p.add_argument("--model", default=str(ROOT / "data" / "base_model"))
-    p.add_argument("--data", default=str(ROOT / "data" / "generated" / "sentiment"))
-    p.add_argument("--out", default=str(ROOT / "output" / "suffix_experiment.jsonl"))
     p.add_argument("--table", default=str(ROOT / "bench" / "results" / "suffix_experiment.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    for variant in args.variants.split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            result = run(variant, seed, args.steps, args.lr, args.suffix_lr, args.max_source, args.model, args.data,
-                         args.eval_every)
-            print(json.dumps(result), flush=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps({**result, "steps": args.steps, "lr": args.lr, "suffix_lr": args.suffix_lr,
-                                    "max_source": args.max_source}) + "\n")
-            command = "python bench/suffix_experiment.py " + " ".join(argv or sys.argv[1:])
-            write_table(Path(args.out), Path(args.table), command)
+    command = "python bench/suffix_experiment.py " + " ".join(argv or sys.argv[1:])
+    for variant, seed in variants_and_seeds(args):
+        result = run(variant, seed, args.steps, args.lr, args.suffix_lr, args.max_source, args.model, args.data,
+                     args.eval_every)
+        append_result(args.out, result, {"steps": args.steps, "lr": args.lr, "suffix_lr": args.suffix_lr,
+                                         "max_source": args.max_source})
+        write_table(Path(args.out), Path(args.table), command)
 
 
 if __name__ == "__main__":
