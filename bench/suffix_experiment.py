@@ -50,6 +50,9 @@ def parse_variant(variant: str) -> tuple[bool, bool, int]:
     return m.group(1) is not None, m.group(2) is not None, int(m.group(3) or 0)
 
 
+DEFAULT_BASE = "data/base_model"
+
+
 def run(variant, seed, steps, lr, suffix_lr, max_source, model_dir, data_dir, eval_every):
     use_prefix, position_free, k = parse_variant(variant)
     tok, base, model = prefixed_base(model_dir, seed)
@@ -116,22 +119,30 @@ def run(variant, seed, steps, lr, suffix_lr, max_source, model_dir, data_dir, ev
             "test": round(accuracy(test_ids, test_y), 1), "minutes": round(minutes, 2)}
 
 
+def base_name(model_dir: str) -> str:
+    """The base's folder as the table shows it: relative to the repository when it lies inside it."""
+    path = Path(model_dir).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def write_table(jsonl: Path, out: Path, command: str) -> None:
     """Every finished run in ``jsonl`` as a markdown table (the latest run of a variant and seed wins)."""
     runs = {}
     for line in jsonl.read_text().splitlines():
         r = json.loads(line)
-        runs[(r["variant"], r["seed"], r["steps"], r["lr"], r["suffix_lr"], r["max_source"])] = r
-    rows = [f"| {r['variant']} | {r['seed']} | {r['steps']} | {r['lr']:g} / {r['suffix_lr']:g} | "
+        r.setdefault("base", DEFAULT_BASE)  # runs recorded before the base was: all on the shipped one
+        runs[(r["variant"], r["seed"], r["steps"], r["lr"], r["suffix_lr"], r["max_source"], r["base"])] = r
+    rows = [f"| {r['variant']} | {r['base']} | {r['seed']} | {r['steps']} | {r['lr']:g} / {r['suffix_lr']:g} | "
             f"{r['dev']:.1f} ({r['best_step']}) | {r['test']:.1f} | {r['minutes']:.1f} min |" for r in runs.values()]
     out.write_text("\n".join([
         "# Deep prefix vs. deep prefix + soft tokens at the prompt's end (sentiment, label scoring)",
         "",
         f"`{command}` (in-process loop, batch 16, AdamW, best dev step kept; 2 CPU cores; times are with",
-        "whatever else ran on the machine). Test split: 1,000 reviews, 52% 消极.",
+        "whatever else ran on the machine). Test split: 1,000 reviews, 52% 消极. Rows on another base than the",
+        f"shipped {DEFAULT_BASE}: the same command with `--model <base>`.",
         "",
-        "| variant | seed | steps | lr prefix / suffix | best dev acc. (step) | test acc. | train time |",
-        "|---|---:|---:|---|---|---:|---:|",
+        "| variant | base | seed | steps | lr prefix / suffix | best dev acc. (step) | test acc. | train time |",
+        "|---|---|---:|---:|---|---|---:|---:|",
         *rows,
     ]) + "\n", encoding="utf-8")
 
@@ -149,7 +160,7 @@ def main(argv=None):
         result = run(variant, seed, args.steps, args.lr, args.suffix_lr, args.max_source, args.model, args.data,
                      args.eval_every)
         append_result(args.out, result, {"steps": args.steps, "lr": args.lr, "suffix_lr": args.suffix_lr,
-                                         "max_source": args.max_source})
+                                         "max_source": args.max_source, "base": base_name(args.model)})
         write_table(Path(args.out), Path(args.table), command)
 
 
