@@ -62,6 +62,9 @@ CONFIGS: dict[str, dict] = {
     "pre_seq_len_128": {"changes": "pre_seq_len 128 (ChatGLM's ptuning default)", "env": {"PRE_SEQ_LEN": "128"},
                         "flags": []},
     "dropout_0.1": {"changes": "prefix dropout 0.1 (ChatGLM's)", "env": {"DROPOUT": "0.1"}, "flags": []},
+    # the projection MLP's width (train.sh: the base's hidden size, 256); prefix-tuning used 512-800 (Li & Liang)
+    "prefix_hidden_1024": {"changes": "projection MLP 4x wider (prefix_hidden_size 1024)", "env": {},
+                           "flags": ["--prefix_hidden_size", "1024"]},
     "random_init": {"changes": "random prefix (no --prefix_init_text)", "env": {"INIT_TEXT": ""}, "flags": []},
     # train.sh groups batches by length (faster steps); lengths correlate with the label (positive reviews are
     # longer), so such batches mix the two labels less than random ones do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 6.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 7 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
@@ -17,7 +17,9 @@
 #      the 8-layer base (bench/base_depth.sh, about 70 minutes), and last, over every finished run, how much of
 #      each run's answers the prompt's length explains (length_shortcut.md);
 #  10. the full-budget screen (screen-full-seed42.md, screen-full-cosine.md, screen-full-init.md), the answer-position experiments
-#      (suffix_experiment.md) and the classification head at the current cut (output/head256.jsonl).
+#      (suffix_experiment.md, with the plain prefix also on output/base_2x), the classification head at the current
+#      cut (output/head256.jsonl), the frozen base's answer position under other prompts (template_probe.md) and
+#      the length analysis of the current default's checkpoints (length_shortcut-current.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -50,6 +52,10 @@ bash bench/base_depth.sh
 "$PY" bench/learning.py --configs default,random_init --seeds 42,43,44 --out bench/results/screen-full-init.md
 "$PY" bench/suffix_experiment.py --variants prefix,prefix_suffix4,prefix_posfree --steps 2000 --eval_every 200
 "$PY" bench/head_experiment.py --variants head_mean --steps 2000 --eval_every 200 --out output/head256.jsonl
+"$PY" bench/suffix_experiment.py --variants prefix --steps 2000 --eval_every 200 --model output/base_2x
+"$PY" bench/template_probe.py --train 4096
+"$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/default/seed44 \
+    --out bench/results/length_shortcut-current.md
 "$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/cut_96/seed42 \
     --checkpoint output/learning/cut_96/seed44
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \

@@ -155,7 +155,10 @@ def main(argv=None):
     p.add_argument("--table", default=str(ROOT / "bench" / "results" / "suffix_experiment.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    command = "python bench/suffix_experiment.py " + " ".join(argv or sys.argv[1:])
+    flags = list(argv or sys.argv[1:])
+    if "--model" in flags:  # the table has a base column; the header names the command without it
+        del flags[flags.index("--model"):flags.index("--model") + 2]
+    command = "python bench/suffix_experiment.py " + " ".join(flags)
     for variant, seed in variants_and_seeds(args):
         result = run(variant, seed, args.steps, args.lr, args.suffix_lr, args.max_source, args.model, args.data,
                      args.eval_every)
