@@ -47,7 +47,7 @@ bash bench/base_strength.sh
 bash bench/base_depth.sh
 # after base_strength.sh: the full-budget screen has a row on its output/base_2x
 "$PY" bench/learning.py --seeds 42 --out bench/results/screen-full-seed42.md \
-    --configs default,lr_1e-3,lr_1e-2,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init,random_batches,base_2x
+    --configs default,lr_1e-3,lr_1e-2,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init,random_batches,base_2x,prefix_hidden_1024
 "$PY" bench/learning.py --configs default,cosine_warmup --seeds 42,43,44 --out bench/results/screen-full-cosine.md
 "$PY" bench/learning.py --configs default,random_init --seeds 42,43,44 --out bench/results/screen-full-init.md
 "$PY" bench/suffix_experiment.py --variants prefix,prefix_suffix4,prefix_posfree --steps 2000 --eval_every 200
