@@ -35,10 +35,13 @@ INSTRUCTION = "判断这条评论的情感是积极还是消极："  # the senti
 
 
 @torch.no_grad()
-def features(model, tokenizer, examples, max_source_length, batch_size=64):
-    """(layers, N, 2, hidden): per layer output, the last-token and the mean hidden state of each prompt."""
-    template = get_template("instruction")
-    prompts = [build_prompt_features(ex, tokenizer, template, max_source_length, INSTRUCTION)["input_ids"]
+def features(model, tokenizer, examples, max_source_length, batch_size=64, template=None, source_prefix=INSTRUCTION):
+    """(layers, N, 2, hidden): per layer output, the last-token and the mean hidden state of each prompt.
+
+    Prompts as train.sh builds them (the instruction template and the task's instruction) unless ``template`` /
+    ``source_prefix`` say otherwise. The last layer's output is after the final norm: the LM head applies to it."""
+    template = template or get_template("instruction")
+    prompts = [build_prompt_features(ex, tokenizer, template, max_source_length, source_prefix)["input_ids"]
                for ex in examples]
     out = []
     for start in range(0, len(prompts), batch_size):

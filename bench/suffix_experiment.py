@@ -40,6 +40,8 @@ from ptuning_v2.inference import left_pad  # noqa: E402
 from ptuning_v2.positions import real_token_positions  # noqa: E402
 from ptuning_v2.prefix_model import forward_with_prefix  # noqa: E402
 
+DEFAULT_BASE = "data/base_model"  # what --model defaults to, as the table names it
+
 
 def parse_variant(variant: str) -> tuple[bool, bool, int]:
     """(deep prefix?, position-free prefix keys?, K soft tokens): 'prefix' -> (True, False, 0);
@@ -48,9 +50,6 @@ def parse_variant(variant: str) -> tuple[bool, bool, int]:
     if not m or variant == "":
         raise ValueError(f"unknown variant {variant!r}")
     return m.group(1) is not None, m.group(2) is not None, int(m.group(3) or 0)
-
-
-DEFAULT_BASE = "data/base_model"
 
 
 def run(variant, seed, steps, lr, suffix_lr, max_source, model_dir, data_dir, eval_every):

@@ -19,7 +19,6 @@ Writes bench/results/template_probe.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,10 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from probe import INSTRUCTION, fit_logistic  # noqa: E402
-from ptuning_v2.data import Example, PromptTemplate, build_prompt_features  # noqa: E402
-from ptuning_v2.inference import left_pad  # noqa: E402
-from ptuning_v2.positions import real_token_positions  # noqa: E402
+from probe import INSTRUCTION, features, fit_logistic  # noqa: E402
+from ptuning_v2.data import Columns, PromptTemplate, load_examples  # noqa: E402
 
 MAX_SOURCE_LENGTH = 256  # train.sh's sentiment cut
 # name -> (round with {query} = the review, source prefix before it)
@@ -49,25 +46,12 @@ TEMPLATES = {
 WORD_PAIRS = [("积极", "消极"), ("好", "差"), ("不错", "失望"), ("满意", "不")]
 
 
-def read_jsonl(path: Path, limit: int) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for _, line in zip(range(limit), f)]
-
-
 @torch.no_grad()
-def last_token_states(model, tokenizer, reviews: list[dict], round_text: str, source_prefix: str, batch_size=64):
+def last_token_states(model, tokenizer, examples, round_text: str, source_prefix: str):
     """(layers, N, hidden) hidden states at each prompt's last token, and (N, vocab) next-token log-probabilities."""
-    template = PromptTemplate("probe", round_text, "\n")
-    prompts = [build_prompt_features(Example(r["text"], ""), tokenizer, template, MAX_SOURCE_LENGTH,
-                                     source_prefix)["input_ids"] for r in reviews]
-    states, logprobs = [], []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[start:start + batch_size], tokenizer.pad_token_id, "cpu")
-        out = model(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask),
-                    output_hidden_states=True)
-        states.append(torch.stack([h[:, -1] for h in out.hidden_states[1:]]))    # (layers, B, hidden)
-        logprobs.append(out.logits[:, -1].float().log_softmax(-1))               # (B, vocab)
-    return torch.cat(states, dim=1), torch.cat(logprobs)
+    states = features(model, tokenizer, examples, MAX_SOURCE_LENGTH, template=PromptTemplate("probe", round_text, "\n"),
+                      source_prefix=source_prefix)[:, :, 0]                     # (layers, N, hidden)
+    return states, model.get_output_embeddings()(states[-1]).log_softmax(-1)
 
 
 def main(argv=None) -> None:
@@ -82,10 +66,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-    train = read_jsonl(Path(args.data) / "train.jsonl", args.train)
-    test = read_jsonl(Path(args.data) / "test.jsonl", 1000)
-    y_train = torch.tensor([float(r["label"] == "积极") for r in train])
-    y_test = torch.tensor([float(r["label"] == "积极") for r in test])
+    columns = Columns(prompt="text", response="label")
+    train = load_examples(Path(args.data) / "train.jsonl", columns)[: args.train]
+    test = load_examples(Path(args.data) / "test.jsonl", columns)
+    y_train = torch.tensor([float(ex.response == "积极") for ex in train])
+    y_test = torch.tensor([float(ex.response == "积极") for ex in test])
     pairs = [(a, b, tokenizer.encode(a, add_special_tokens=False)[0], tokenizer.encode(b, add_special_tokens=False)[0])
              for a, b in WORD_PAIRS]
     rows, started = [], time.time()
