@@ -38,6 +38,8 @@ SENTIMENT_EVALUATE_FLAGS = [  # a --full_finetune output is a plain model: evalu
     "--prompt_template", "instruction", "--source_prefix", "判断这条评论的情感是积极还是消极：", "--max_new_tokens", "4",
     "--max_source_length", "256"]  # train.sh's sentiment cut
 
+QUESTION = "这条评论的情感是积极还是消极？"  # "Is this review's sentiment positive or negative?"
+
 # Full fine-tuning, the baseline: every weight, lr 2e-4; a fine-tuned model records no prompt settings, so evaluate
 # is given them.
 FULL_FINETUNE = {"flags": ["--full_finetune", "--learning_rate", "2e-4"], "full_finetune": True,
@@ -101,6 +103,22 @@ CONFIGS: dict[str, dict] = {
     "base_deep_full_finetune": {
         "changes": "full fine-tuning (as full_finetune) of the 8-layer base (output/base_deep)",
         "env": {"MODEL": "output/base_deep", "STEPS": "1200"}, **FULL_FINETUNE,
+    },
+    # The review first and the question after it, right before 答: the frozen base's answer position then carries
+    # more of the review's sentiment (last-token probe 74.8% against 71.8%, bench/results/template_probe.md).
+    "question_last": {
+        "changes": "the review, then the question 这条评论的情感是积极还是消极？ and 答： (--prompt_template "
+                   "question_last); the prefix started from the question",
+        "env": {"INIT_TEXT": QUESTION},
+        "flags": ["--prompt_template", "question_last", "--source_prefix", QUESTION]},
+    # Does the prefix need more attention heads to steer? The shipped base's recipe with 8 query and 8 key/value
+    # heads of 32 dimensions (multi-head attention as in ChatGLM-6B) instead of 4 query heads sharing 2 key/value
+    # heads of 64; bench/base_heads.sh builds it into output/base_mha8.
+    "base_mha8": {"changes": "train.sh as shipped, on a base with 8 attention heads, 8 KV heads (output/base_mha8)",
+                  "env": {"MODEL": "output/base_mha8"}, "flags": []},
+    "base_mha8_full_finetune": {
+        "changes": "full fine-tuning (as full_finetune) of the 8-head base (output/base_mha8)",
+        "env": {"MODEL": "output/base_mha8", "STEPS": "1200"}, **FULL_FINETUNE,
     },
     # The cut train.sh used before: prompts longer than 96 tokens (a fifth of the reviews) lose their start.
     "cut_96": {"changes": "prompts cut to 96 tokens (train.sh's previous default; 20% of the prompts cut)",

@@ -86,8 +86,8 @@ class DataArguments:
     history_column: str | None = field(default=None, metadata={"help": "Field holding [[query, response], ...]."})
     input_column: str | None = field(default=None, metadata={"help": "Optional field appended to the prompt (Alpaca 'input')."})
     prompt_template: str = field(default="chatglm", metadata={
-        "help": "How turns are formatted: chatglm, instruction, plain, or chat (the tokenizer's own chat template)."})
-    source_prefix: str = field(default="", metadata={"help": "Text put before every prompt (an instruction)."})
+        "help": "How turns are formatted: chatglm, instruction, question_last (the text, then --source_prefix as the question), plain, or chat (the tokenizer's own chat template)."})
+    source_prefix: str = field(default="", metadata={"help": "Text put before every prompt (an instruction); with --prompt_template question_last, after it."})
     max_source_length: int = field(default=1024, metadata={"help": "Max prompt tokens (longer prompts keep their end)."})
     max_target_length: int = field(default=128, metadata={"help": "Max answer tokens (longer answers keep their start)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})

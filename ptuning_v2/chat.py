@@ -25,7 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", help="prefix checkpoint directory")
     p.add_argument("--model", help="base model path (default: the one recorded in the checkpoint)")
     p.add_argument("--quantization_bit", type=int, choices=[4, 8], help="override the recorded quantization")
-    p.add_argument("--prompt_template", help="without a checkpoint: chatglm (default), instruction, plain or chat "
+    p.add_argument("--prompt_template", help="without a checkpoint: chatglm (default), instruction, question_last, plain or chat "
                                              "(the tokenizer's chat template)")
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--do_sample", action="store_true", help="sample (default: greedy)")

@@ -31,18 +31,25 @@ class PromptTemplate:
     """How a (query, history) pair becomes the source text. Recorded in checkpoints, used again by chat/evaluate.
 
     ``round`` formats one turn's question with ``{index}`` (1-based) and ``{query}``; a past turn is that text
-    followed by its response and ``separator``.
+    followed by its response and ``separator``. A round with ``{instruction}`` puts the source prefix (the task
+    instruction) there, after each turn's query, instead of once before the whole prompt.
     """
 
     name: str
     round: str
     separator: str
 
+    @property
+    def instruction_last(self) -> bool:
+        """True when the instruction follows the query (the round has ``{instruction}``)."""
+        return "{instruction}" in self.round
+
     def build_prompt(self, query: str, history: list[tuple[str, str]] | None = None, source_prefix: str = "") -> str:
-        parts = [source_prefix]
+        parts = [] if self.instruction_last else [source_prefix]
         for index, (old_query, response) in enumerate(history or [], start=1):
-            parts.append(self.round.format(index=index, query=old_query) + response + self.separator)
-        parts.append(self.round.format(index=len(history or []) + 1, query=query))
+            parts.append(self.round.format(index=index, query=old_query, instruction=source_prefix) + response
+                         + self.separator)
+        parts.append(self.round.format(index=len(history or []) + 1, query=query, instruction=source_prefix))
         return "".join(parts)
 
     def to_dict(self) -> dict:
@@ -58,6 +65,9 @@ PROMPT_TEMPLATES = {
     "chatglm": PromptTemplate("chatglm", "[Round {index}]\n\n问：{query}\n\n答：", "\n\n"),
     # One question, then 答 (answer): "...\n答：". Suits instructions given with --source_prefix.
     "instruction": PromptTemplate("instruction", "{query}\n答：", "\n"),
+    # The text first, then the instruction (--source_prefix) as the question right before 答: "text\nquestion\n答：".
+    # A too-long prompt loses the start of its text, so the question is never cut.
+    "question_last": PromptTemplate("question_last", "{query}\n{instruction}\n答：", "\n"),
     # The query as it is, e.g. with --source_prefix carrying the instruction; past turns on their own lines.
     "plain": PromptTemplate("plain", "{query}", "\n"),
     # The tokenizer's own chat template (apply_chat_template): history as user/assistant turns, --source_prefix as
@@ -252,6 +262,14 @@ def encode_chat(example: Example, tokenizer, max_source_length: int, max_target_
     return _keep_head_and_end(tokenizer, prompt, max_source_length), target
 
 
+def encode_template_source(example: Example, tokenizer, template: PromptTemplate, max_source_length: int,
+                           source_prefix: str = "") -> list[int]:
+    """The source ids of a non-chat template; a too-long prompt keeps a leading instruction and its end."""
+    prompt = template.build_prompt(example.query, list(example.history), source_prefix)
+    keep_head = "" if template.instruction_last else source_prefix  # a trailing instruction is in the kept end
+    return encode_source(tokenizer, prompt, max_source_length, keep_head=keep_head)
+
+
 def build_training_features(
     example: Example, tokenizer, template: PromptTemplate, max_source_length: int, max_target_length: int,
     source_prefix: str = "",
@@ -260,8 +278,7 @@ def build_training_features(
         source, target = encode_chat(example, tokenizer, max_source_length, max_target_length, source_prefix)
         return {"input_ids": source + target, "attention_mask": [1] * (len(source) + len(target)),
                 "labels": [IGNORE_INDEX] * len(source) + target}
-    prompt = template.build_prompt(example.query, list(example.history), source_prefix)
-    source = encode_source(tokenizer, prompt, max_source_length, keep_head=source_prefix)
+    source = encode_template_source(example, tokenizer, template, max_source_length, source_prefix)
     target = tokenizer.encode(example.response, add_special_tokens=False, verbose=False)[:max_target_length]
     target = target + [tokenizer.eos_token_id]
     return {
@@ -278,6 +295,5 @@ def build_prompt_features(
     if template.name == CHAT_TEMPLATE:
         source, _ = encode_chat(example, tokenizer, max_source_length, None, source_prefix)
         return {"input_ids": source, "attention_mask": [1] * len(source)}
-    prompt = template.build_prompt(example.query, list(example.history), source_prefix)
-    source = encode_source(tokenizer, prompt, max_source_length, keep_head=source_prefix)
+    source = encode_template_source(example, tokenizer, template, max_source_length, source_prefix)
     return {"input_ids": source, "attention_mask": [1] * len(source)}

@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--base_only", action="store_true", help="evaluate the base without the prefix (same prompts)")
     p.add_argument("--quantization_bit", type=int, choices=[4, 8], help="override the recorded quantization")
     p.add_argument("--prompt_column"), p.add_argument("--response_column"), p.add_argument("--history_column")
-    p.add_argument("--prompt_template", help="without a checkpoint: chatglm, instruction, plain or chat "
+    p.add_argument("--prompt_template", help="without a checkpoint: chatglm, instruction, question_last, plain or chat "
                                              "(the tokenizer's chat template)")
     p.add_argument("--source_prefix", help="without a checkpoint: text put before every prompt")
     p.add_argument("--max_source_length", type=int, help="max prompt tokens; default: the recorded one, else 1024")

@@ -25,7 +25,7 @@ def test_chatglm_template_with_history():
     prompt = template.build_prompt("你好吗", [("你是谁", "我是小")], source_prefix="")
     assert prompt == "[Round 1]\n\n问：你是谁\n\n答：我是小\n\n[Round 2]\n\n问：你好吗\n\n答："
     assert get_template("plain").build_prompt("好", source_prefix="问：") == "问：好"
-    with pytest.raises(ValueError, match="chatglm, instruction, plain"):
+    with pytest.raises(ValueError, match="chatglm, instruction, question_last, plain"):
         get_template("alpaca-v9")
 
 
@@ -66,6 +66,21 @@ def test_truncation_keeps_the_instruction_and_the_prompt_end():
     # an instruction longer than half the budget is not kept: the prompt's end is
     cut = build_prompt_features(Example(long_review, ""), tok, template, 8, source_prefix="问问问问问：")
     assert tok.decode(cut["input_ids"][1:]) == long_review[-4:] + "\n答："
+
+
+def test_question_last_puts_the_instruction_after_the_text_and_never_cuts_it():
+    tok = tiny_tokenizer()
+    template = get_template("question_last")
+    assert template.build_prompt("好评", source_prefix="问？") == "好评\n问？\n答："
+    # past turns (e.g. in-context demonstrations) are asked the same question
+    assert template.build_prompt("好评", [("差评", "否")], source_prefix="问？") == "差评\n问？\n答：否\n好评\n问？\n答："
+    long_review = "这个好不好" * 8
+    features = build_training_features(Example(long_review, "好"), tok, template, 16, 3, source_prefix="问？")
+    source = features["input_ids"][:16]
+    assert source[0] == tok.bos_token_id and features["labels"][16] != IGNORE_INDEX
+    assert tok.decode(source[-6:]) == "\n问？\n答："                 # the question and the answer marker survive
+    assert tok.decode(source[1:-6]) == long_review[-9:]            # the review loses its start
+    assert build_prompt_features(Example(long_review, ""), tok, template, 16, source_prefix="问？")["input_ids"] == source
 
 
 def test_loads_each_layout(tmp_path):
