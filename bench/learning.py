@@ -62,6 +62,10 @@ CONFIGS: dict[str, dict] = {
                                                                                           "LR": "3e-2"}, "flags": []},
     "lr_2e-3": {"changes": "learning rate 2e-3", "env": {"LR": "2e-3"}, "flags": []},
     "lr_5e-3": {"changes": "learning rate 5e-3", "env": {"LR": "5e-3"}, "flags": []},
+    # length-grouped batches of 16 are label-imbalanced (length follows the label), and the validation accuracy of
+    # short prefixes flips between the two label priors from one evaluation to the next: is gradient noise the limit?
+    "batch_32": {"changes": "batches of 32 (twice the examples per step, same 2,000 steps)", "env": {"BATCH": "32"},
+                 "flags": []},
     "pre_seq_len_4": {"changes": "pre_seq_len 4", "env": {"PRE_SEQ_LEN": "4"}, "flags": []},
     "pre_seq_len_8": {"changes": "pre_seq_len 8", "env": {"PRE_SEQ_LEN": "8"}, "flags": []},
     "pre_seq_len_64": {"changes": "pre_seq_len 64", "env": {"PRE_SEQ_LEN": "64"}, "flags": []},

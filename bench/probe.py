@@ -1,6 +1,7 @@
 """How much sentiment the frozen default base already carries: logistic-regression probes on its hidden states.
 
     python bench/probe.py [--train 4096] [--max_source_length 256] [--model data/base_model]
+    python bench/probe.py --checkpoint output/learning/default/seed42 --out bench/results/probe-prefixed.md
 
 Every review is formatted exactly as training formats it (instruction template, the task's instruction, cut to
 --max_source_length tokens: 256 as train.sh does now, 96 for the previous default) and run once through the
@@ -11,7 +12,9 @@ A logistic regression (torch, L-BFGS, L2 weight 1e-3 on standardized features) i
 training reviews and scored on the 1,000-review test split. Also the task's loss (answer tokens, as training
 computes it) on the first 256 training reviews: the base alone, with a random prefix, and with a prefix from the
 instruction (--prefix_init_text), before any training. Prints a markdown table and writes
-bench/results/probe.md. This is a baseline beside P-tuning and full fine-tuning, not a claim about a ceiling: a
+bench/results/probe.md. With --checkpoint the same probes read the hidden states of the base *with that trained
+prefix in place* (the starting losses are skipped): do the prefix's layers carry more sentiment than the frozen
+base's, or less? This is a baseline beside P-tuning and full fine-tuning, not a claim about a ceiling: a
 prefix changes what the layers compute, a probe only reads what they already compute.
 """
 
@@ -104,13 +107,19 @@ def main(argv=None):
     p.add_argument("--data", default=str(ROOT / "data" / "generated" / "sentiment"))
     p.add_argument("--train", type=int, default=4096, help="training reviews for the probe")
     p.add_argument("--max_source_length", type=int, default=256, help="prompt tokens kept (train.sh's sentiment cut)")
+    p.add_argument("--checkpoint", help="probe the base with this trained prefix in place (a prefix checkpoint)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "probe.md"))
     args = p.parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    if args.checkpoint:
+        from ptuning_v2.checkpoint import load_prefix_model
+
+        model, tokenizer, _ = load_prefix_model(args.checkpoint)   # PrefixModel: forward() adds the prefix
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     columns = Columns(prompt="text", response="label")
     train = load_examples(Path(args.data) / "train.jsonl", columns)[: args.train]
     test = load_examples(Path(args.data) / "test.jsonl", columns)
@@ -126,20 +135,22 @@ def main(argv=None):
             predict = fit_logistic(x_train[layer, :, kind], y_train)
             accs.append(100 * (predict(x_test[layer, :, kind]) == y_test).float().mean().item())
         rows.append(f"| {layer + 1} | {accs[0]:.1f} | {accs[1]:.1f} |")
-    losses = starting_losses(model, tokenizer, train[:256], args.max_source_length)
+    losses = {} if args.checkpoint else starting_losses(model, tokenizer, train[:256], args.max_source_length)
+    what = f"the base with the trained prefix {args.checkpoint}" if args.checkpoint else \
+        f"the frozen base ({Path(args.model).name})"
+    command = " ".join(["python bench/probe.py", *(argv or sys.argv[1:])])
     text = "\n".join([
-        f"Logistic-regression probes on the frozen base ({Path(args.model).name}), {len(train)} training reviews, "
+        f"Logistic-regression probes on {what}, {len(train)} training reviews, "
         f"test split ({len(test)} reviews, {100 * (1 - y_test.float().mean().item()):.0f}% 消极); "
         f"prompts cut to {args.max_source_length} tokens; "
-        f"`python bench/probe.py --train {args.train} --max_source_length {args.max_source_length}` "
-        f"({time.time() - start:.0f} s).",
+        f"`{command}` ({time.time() - start:.0f} s).",
         "",
         "| layer output | last token (acc. %) | mean over tokens (acc. %) |",
         "|---:|---:|---:|",
         *rows,
-        "",
-        "Loss on the answer tokens of the first 256 training reviews before any training (pre_seq_len 16, MLP, "
-        "seed 42): " + "; ".join(f"{name} {loss:.2f}" for name, loss in losses.items()) + ".",
+        *(["", "Loss on the answer tokens of the first 256 training reviews before any training (pre_seq_len 16, "
+            "MLP, seed 42): " + "; ".join(f"{name} {loss:.2f}" for name, loss in losses.items()) + "."]
+          if losses else []),
     ]) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")

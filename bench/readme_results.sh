@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 7 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 8.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
@@ -19,7 +19,12 @@
 #  10. the full-budget screen (screen-full-seed42.md, screen-full-cosine.md, screen-full-init.md), the answer-position experiments
 #      (suffix_experiment.md, with the plain prefix also on output/base_2x), the classification head at the current
 #      cut (output/head256.jsonl), the frozen base's answer position under other prompts (template_probe.md) and
-#      the length analysis of the current default's checkpoints (length_shortcut-current.md).
+#      the length analysis of the current default's checkpoints (length_shortcut-current.md);
+#  11. the review-last template (question_last.md), the 8-head base (bench/base_heads.sh, about 45 minutes), shorter
+#      prefixes (screen-short-prefix.md), batches of 32 (screen-batch.md), separate key/value learning rates and
+#      a label-word-only loss (bench/kv_experiment.py; kv_experiment.md is written by hand from its JSON lines),
+#      how much attention the trained prefixes take (prefix_attention.md) and probes on the base with the seed-42
+#      prefix in place (probe-prefixed.md); about 1.5 hours more.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -58,6 +63,15 @@ bash bench/base_depth.sh
     --out bench/results/length_shortcut-current.md
 "$PY" bench/length_shortcut.py --checkpoint output/learning/default/seed42 --checkpoint output/learning/cut_96/seed42 \
     --checkpoint output/learning/cut_96/seed44
+"$PY" bench/learning.py --configs default,question_last --seeds 42 --out bench/results/question_last.md
+bash bench/base_heads.sh
+"$PY" bench/learning.py --configs pre_seq_len_4,pre_seq_len_8 --seeds 42 --out bench/results/screen-short-prefix.md
+"$PY" bench/learning.py --configs batch_32 --seeds 42 --out bench/results/screen-batch.md
+"$PY" bench/kv_experiment.py --variants mlp,kv_3e-2_3e-2,kv_0_1e-2
+"$PY" bench/kv_experiment.py --variants mlp --loss cls
+"$PY" bench/prefix_attention.py start:output/learning/default/seed42 output/learning/default/seed42 \
+    output/learning/default/seed43 output/learning/default/seed44 output/learning/pre_seq_len_4/seed42
+"$PY" bench/probe.py --train 4096 --checkpoint output/learning/default/seed42 --out bench/results/probe-prefixed.md
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
