@@ -23,8 +23,8 @@
 #  11. the review-last template (question_last.md), the 8-head base (bench/base_heads.sh, about 45 minutes), shorter
 #      prefixes (screen-short-prefix.md), batches of 32 (screen-batch.md), separate key/value learning rates and
 #      a label-word-only loss (bench/kv_experiment.py; kv_experiment.md is written by hand from its JSON lines),
-#      how much attention the trained prefixes take (prefix_attention.md) and probes on the base with the seed-42
-#      prefix in place (probe-prefixed.md); about 1.5 hours more.
+#      how much attention the trained prefixes take (prefix_attention.md) and probes on the base with the seed-42 and
+#      seed-44 prefixes in place (probe-prefixed.md, probe-prefixed-seed44.md); about 1.5 hours more.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -72,6 +72,7 @@ bash bench/base_heads.sh
 "$PY" bench/prefix_attention.py start:output/learning/default/seed42 output/learning/default/seed42 \
     output/learning/default/seed43 output/learning/default/seed44 output/learning/pre_seq_len_4/seed42
 "$PY" bench/probe.py --train 4096 --checkpoint output/learning/default/seed42 --out bench/results/probe-prefixed.md
+"$PY" bench/probe.py --train 4096 --checkpoint output/learning/default/seed44 --out bench/results/probe-prefixed-seed44.md
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
