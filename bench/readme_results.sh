@@ -24,7 +24,8 @@
 #      prefixes (screen-short-prefix.md), batches of 32 (screen-batch.md), separate key/value learning rates and
 #      a label-word-only loss (bench/kv_experiment.py; kv_experiment.md is written by hand from its JSON lines),
 #      how much attention the trained prefixes take (prefix_attention.md) and probes on the base with the seed-42 and
-#      seed-44 prefixes in place (probe-prefixed.md, probe-prefixed-seed44.md); about 1.5 hours more.
+#      seed-44 prefixes in place (probe-prefixed.md, probe-prefixed-seed44.md), also for the base pretrained twice as long
+#      (probe-base_2x-256.md, probe-prefixed-base_2x.md, base_2x-current.md); about 1.5 hours more.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -73,6 +74,10 @@ bash bench/base_heads.sh
     output/learning/default/seed43 output/learning/default/seed44 output/learning/pre_seq_len_4/seed42
 "$PY" bench/probe.py --train 4096 --checkpoint output/learning/default/seed42 --out bench/results/probe-prefixed.md
 "$PY" bench/probe.py --train 4096 --checkpoint output/learning/default/seed44 --out bench/results/probe-prefixed-seed44.md
+# after base_strength.sh (output/base_2x): its frozen probes at the current cut, and with its seed-42 prefix in place
+"$PY" bench/learning.py --configs base_2x --seeds 42 --out bench/results/base_2x-current.md
+"$PY" bench/probe.py --train 4096 --model output/base_2x --out bench/results/probe-base_2x-256.md
+"$PY" bench/probe.py --train 4096 --checkpoint output/learning/base_2x/seed42 --out bench/results/probe-prefixed-base_2x.md
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
