@@ -92,17 +92,26 @@ def train_keeping_best(
     eval_every: int,
     label: str,
     batch: int = 16,
+    batches: list[list[int]] | None = None,
+    scheduler=None,
 ) -> tuple[float, int, float]:
-    """(best dev score, its step (0: the starting state), minutes of training)."""
-    order = list(range(num_train))
-    random.Random(seed).shuffle(order)
+    """(best dev score, its step (0: the starting state), minutes of training).
+
+    ``batches``: the training indices of each step, in order (default: ``batch`` at a time from one seeded shuffled
+    order, cycled); ``scheduler``: stepped after every optimizer step (default: a constant learning rate)."""
+    if batches is None:
+        order = list(range(num_train))
+        random.Random(seed).shuffle(order)
+        batches = [[order[(step * batch + j) % num_train] for j in range(batch)] for step in range(1, steps + 1)]
     best = (dev_score(), 0, None)
     start = time.time()
-    for step in range(1, steps + 1):
-        loss = batch_loss([order[(step * batch + j) % num_train] for j in range(batch)])
+    for step, idx in enumerate(batches[:steps], 1):
+        loss = batch_loss(idx)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if step % eval_every == 0 or step == steps:
             dev = dev_score()
             print(f"  {label} step {step} loss {loss.item():.3f} dev {dev:.1f}", flush=True)

@@ -2,8 +2,8 @@
 
     python bench/kv_experiment.py [--variants mlp,kv_3e-2_3e-2,kv_0_3e-2,...] [--seeds 42] [--steps 2000]
 
-Measured (bench/prefix_attention.py): a prefix started from the instruction's keys/values takes 1-5% of the answer
-position's attention; after 500 steps of train.sh it takes 50-76%, and 60-67% of every review token's. A query's
+Measured (bench/prefix_attention.py, bench/results/prefix_attention.md): a prefix started from the instruction's
+keys/values takes 1-6% of the answer position's attention; after train.sh, 25-78%, and 53-90% of every review token's. A query's
 output is (1 - a) * its attention over the review + a * a mix of prefix values, so a prefix that wins attention
 also dilutes what the base reads from the review, in every layer. The share a depends only on the keys; the
 values alone can carry the answer (a * v with a small a and a large v adds to the base's computation instead of
@@ -27,7 +27,6 @@ import argparse
 import random
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from inprocess_loop import INSTRUCTION, LABELS, append_result, prefixed_base, sentiment_splits  # noqa: E402
+from inprocess_loop import (  # noqa: E402
+    INSTRUCTION, LABELS, append_result, prefixed_base, sentiment_splits, train_keeping_best)
 from ptuning_v2.inference import left_pad  # noqa: E402
 from ptuning_v2.positions import real_token_positions  # noqa: E402
 from ptuning_v2.prefix_init import prefix_token_ids, text_prefix_kv  # noqa: E402
@@ -113,29 +113,22 @@ def run(variant, seed, steps, eval_every, max_source, model_dir, data_dir, mlp_l
             preds[idx] = answer_logits([ids_list[i] for i in idx])[:, label_tok].argmax(-1)
         return (preds == y).float().mean().item() * 100
 
-    batches = length_grouped_batches([len(x) for x in train_ids], 16, steps, seed)
-    best = (accuracy(dev_ids, dev_y), 0, [p.detach().clone() for p in trained])
-    start = time.time()
-    for step, idx in enumerate(batches, 1):
+    def batch_loss(idx):
         logits = answer_logits([train_ids[i] for i in idx])
         if loss_kind == "cls":   # the label words' first tokens only: (B, 2) against the class index
-            loss = F.cross_entropy(logits[:, label_tok], train_y[idx])
-        else:                    # the whole vocabulary, as a causal LM loss on the answer's first token
-            loss = F.cross_entropy(logits, label_tok[train_y[idx]])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % eval_every == 0 or step == steps:
-            dev = accuracy(dev_ids, dev_y)
-            print(f"  {variant} seed {seed} step {step} loss {loss.item():.3f} dev {dev:.1f}", flush=True)
-            if dev > best[0]:
-                best = (dev, step, [p.detach().clone() for p in trained])
-    minutes = (time.time() - start) / 60
-    with torch.no_grad():
-        for p, saved in zip(trained, best[2]):
-            p.copy_(saved)
-    return {"variant": variant, "loss": loss_kind, "seed": seed, "best_step": best[1], "dev": round(best[0], 1),
+            return F.cross_entropy(logits[:, label_tok], train_y[idx])
+        return F.cross_entropy(logits, label_tok[train_y[idx]])   # the whole vocabulary, as a causal LM loss
+
+    def restore(state):
+        with torch.no_grad():
+            for p, saved in zip(trained, state):
+                p.copy_(saved)
+
+    dev, best_step, minutes = train_keeping_best(
+        opt, batch_loss, lambda: accuracy(dev_ids, dev_y), lambda: [p.detach().clone() for p in trained], restore,
+        len(train_ids), steps, seed, eval_every, f"{variant} seed {seed}",
+        batches=length_grouped_batches([len(x) for x in train_ids], 16, steps, seed), scheduler=sched)
+    return {"variant": variant, "loss": loss_kind, "seed": seed, "best_step": best_step, "dev": round(dev, 1),
             "test": round(accuracy(test_ids, test_y), 1), "minutes": round(minutes, 2)}
 
 

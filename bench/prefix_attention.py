@@ -32,14 +32,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from inprocess_loop import INSTRUCTION, LABELS  # noqa: E402  (train.sh's sentiment instruction and label words)
 from ptuning_v2.data import Columns, load_examples  # noqa: E402
 from ptuning_v2.inference import left_pad, load_session  # noqa: E402
 from ptuning_v2.prefix_init import initialize_prefix_from_text  # noqa: E402
 
 TEST = ROOT / "data" / "generated" / "sentiment" / "test.jsonl"
-LABELS = ["消极", "积极"]
-INSTRUCTION = "判断这条评论的情感是积极还是消极："  # train.sh's sentiment --source_prefix and --prefix_init_text
 
 
 @torch.no_grad()
