@@ -103,7 +103,7 @@ def train_keeping_best(
         order = list(range(num_train))
         random.Random(seed).shuffle(order)
         batches = [[order[(step * batch + j) % num_train] for j in range(batch)] for step in range(1, steps + 1)]
-    best = (dev_score(), 0, None)
+    best = (dev_score(), 0, snapshot())  # step 0: the starting state, restored if no evaluation beats it
     start = time.time()
     for step, idx in enumerate(batches[:steps], 1):
         loss = batch_loss(idx)
@@ -118,6 +118,5 @@ def train_keeping_best(
             if dev > best[0]:
                 best = (dev, step, snapshot())
     minutes = (time.time() - start) / 60
-    if best[2] is not None:
-        restore(best[2])
+    restore(best[2])
     return best[0], best[1], minutes

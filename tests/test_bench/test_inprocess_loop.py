@@ -31,10 +31,11 @@ def run_with_scores(scores, steps=6, eval_every=2):
 def test_the_best_dev_step_is_restored():
     # dev scores at steps 0, 2, 4, 6: the best is at step 4, when the weight was 4.0
     best_dev, best_step, restored, batches, _ = run_with_scores([50.0, 60.0, 80.0, 70.0])
-    assert (best_dev, best_step, restored) == (80.0, 4, [4.0])
+    assert (best_dev, best_step, restored) == (80.0, 4, [4.0])  # the start's snapshot was taken, not restored
     assert len(batches) == 6 and all(len(b) == 4 and all(0 <= i < 10 for i in b) for b in batches)
 
 
-def test_no_improvement_keeps_the_starting_state():
-    best_dev, best_step, restored, _, weight = run_with_scores([90.0, 60.0, 80.0, 70.0])
-    assert (best_dev, best_step, restored, weight) == (90.0, 0, [], 6.0)
+def test_no_improvement_restores_the_starting_state():
+    # the start (weight 0.0) scores 90 and no later evaluation beats it: its snapshot is what is restored
+    best_dev, best_step, restored, _, _ = run_with_scores([90.0, 60.0, 80.0, 70.0])
+    assert (best_dev, best_step, restored) == (90.0, 0, [0.0])
