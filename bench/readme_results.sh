@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 8.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 10.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
@@ -25,7 +25,9 @@
 #      a label-word-only loss (bench/kv_experiment.py; kv_experiment.md is written by hand from its JSON lines),
 #      how much attention the trained prefixes take (prefix_attention.md) and probes on the base with the seed-42 and
 #      seed-44 prefixes in place (probe-prefixed.md, probe-prefixed-seed44.md), also for the base pretrained twice as long
-#      (probe-base_2x-256.md, probe-prefixed-base_2x.md, base_2x-current.md); about 1.5 hours more.
+#      (probe-base_2x-256.md, probe-prefixed-base_2x.md, base_2x-current.md); about 1.5 hours more;
+#  12. the base pretrained four times as long (bench/base_4x.sh: its probes, the default at two learning rates;
+#      about 2 hours more).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -78,6 +80,7 @@ bash bench/base_heads.sh
 "$PY" bench/learning.py --configs base_2x --seeds 42 --out bench/results/base_2x-current.md
 "$PY" bench/probe.py --train 4096 --model output/base_2x --out bench/results/probe-base_2x-256.md
 "$PY" bench/probe.py --train 4096 --checkpoint output/learning/base_2x/seed42 --out bench/results/probe-prefixed-base_2x.md
+bash bench/base_4x.sh
 cat bench/results/learning-full.md bench/results/learning-previous.md bench/results/learning-fit.md \
     bench/results/learning-screen.md bench/results/probe.md bench/results/step_time.md
 echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
