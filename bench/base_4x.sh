@@ -6,7 +6,8 @@
 #   2. linear probes on the frozen base_4x, 4,096 training reviews at train.sh's 256-token cut
 #      (bench/results/probe-base_4x.md; the same probe gives 76.7% on the shipped base and 79.2% on base_2x);
 #   3. train.sh's default on it, seed 42, at its learning rate (bench/results/base_4x.md), at 1e-3 over seeds 42 43 44
-#      (base_4x-lr1e-3.md), and the probes with the seed-42 prefix in place (probe-prefixed-base_4x.md);
+#      (base_4x-lr1e-3.md) and at 5e-4 on seed 43 (base_4x-lr5e-4.md), and the probes with the seed-42 prefix in
+#      place (probe-prefixed-base_4x.md);
 #   4. the in-process loop's plain prefix on it (bench/suffix_experiment.py, seed 42; suffix-base_4x.md), which on
 #      the shipped base gets 75.9% and on base_2x 71.7% (suffix_experiment.md).
 # About 2 hours on 2 CPU cores with nothing else running; finished steps are kept and not run again.
@@ -23,3 +24,4 @@ fi
 "$PY" bench/suffix_experiment.py --variants prefix --steps 2000 --eval_every 200 --model output/base_4x \
     --out output/suffix-base_4x.jsonl --table bench/results/suffix-base_4x.md
 "$PY" bench/learning.py --configs base_4x --lr 1e-3 --seeds 42,43,44 --out bench/results/base_4x-lr1e-3.md
+"$PY" bench/learning.py --configs base_4x --lr 5e-4 --seeds 43 --out bench/results/base_4x-lr5e-4.md
