@@ -10,7 +10,7 @@
 #      place (probe-prefixed-base_4x.md);
 #   4. the in-process loop's plain prefix on it (bench/suffix_experiment.py, seed 42; suffix-base_4x.md), which on
 #      the shipped base gets 75.9% and on base_2x 71.7% (suffix_experiment.md).
-# About 2 hours on 2 CPU cores with nothing else running; finished steps are kept and not run again.
+# About 2.5 hours on 2 CPU cores with nothing else running; finished steps are kept and not run again.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh

@@ -103,10 +103,6 @@ CONFIGS: dict[str, dict] = {
     # 1,916; bench/base_4x.sh builds it into output/base_4x with data/build_base_model.py).
     "base_4x": {"changes": "train.sh as shipped, on a base pretrained four times as long (output/base_4x)",
                 "env": {"MODEL": "output/base_4x"}, "flags": []},
-    "base_4x_full_finetune": {
-        "changes": "full fine-tuning (as full_finetune) of the base pretrained four times as long (output/base_4x)",
-        "env": {"MODEL": "output/base_4x", "STEPS": "1200"}, **FULL_FINETUNE,
-    },
     # Positive reviews are longer, and a prefix picks that up first (bench/length_shortcut.py): the same recipe on a
     # training file where length says nothing about the label (python bench/length_shortcut.py --make_balanced).
     "length_balanced": {

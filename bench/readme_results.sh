@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 10.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 11 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
@@ -27,7 +27,7 @@
 #      seed-44 prefixes in place (probe-prefixed.md, probe-prefixed-seed44.md), also for the base pretrained twice as long
 #      (probe-base_2x-256.md, probe-prefixed-base_2x.md, base_2x-current.md); about 1.5 hours more;
 #  12. the base pretrained four times as long (bench/base_4x.sh: its probes, the default at two learning rates;
-#      about 2 hours more).
+#      about 2.5 hours more).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
