@@ -11,7 +11,7 @@
 #   PRE_SEQ_LEN  virtual tokens (per layer for ptuning_v2)   [16]
 #   PROJECTION   ptuning_v2: 1 reparameterizes the prefix with an MLP (--prefix_projection, prefix-tuning);
 #                0: plain embedding                          [1]
-#   LR           learning rate        [sentiment and custom: 3e-3 (bench/learning.py); idiom, multiturn: 3e-2]
+#   LR           learning rate        [sentiment: 1e-3 (bench/learning.py); custom: 3e-3; idiom, multiturn: 3e-2]
 #   DROPOUT      ptuning_v2: dropout on the prefix keys/values while training (--prefix_dropout)  [0]
 #   STEPS        optimizer steps                             [2000: about 6 minutes on 2 cores; evaluated every 100, the best is kept]
 #   BATCH        examples per step                           [16]
@@ -48,7 +48,7 @@ SENTIMENT_INSTRUCTION="判断这条评论的情感是积极还是消极："   # 
 case "$TASK" in
   sentiment)
     INIT_TEXT=${INIT_TEXT-$SENTIMENT_INSTRUCTION}
-    LR=${LR:-3e-3}
+    LR=${LR:-1e-3}   # shipped base, seeds 42/43/44: 1e-3 80.8 / 77.1 / 79.8, 5e-4 78.3 / 79.2 / 77.3, 3e-3 58.4 (seed 42)
     TASK_ARGS=(--prompt_column text --response_column label --prompt_template instruction
                --source_prefix "$SENTIMENT_INSTRUCTION" --max_source_length 256 --max_target_length 4) ;;
     # 256 tokens hold 99% of the reviews whole; at 96 a fifth were cut and the prefix learned to answer by
