@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 11 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 11.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
@@ -26,8 +26,8 @@
 #      how much attention the trained prefixes take (prefix_attention.md) and probes on the base with the seed-42 and
 #      seed-44 prefixes in place (probe-prefixed.md, probe-prefixed-seed44.md), also for the base pretrained twice as long
 #      (probe-base_2x-256.md, probe-prefixed-base_2x.md, base_2x-current.md); about 1.5 hours more;
-#  12. the base pretrained four times as long (bench/base_4x.sh: its probes, the default at two learning rates;
-#      about 2.5 hours more).
+#  12. bench/base_4x.sh: a second build of the shipped base (output/base_4x, the same weights) with its probes and
+#      train.sh at lr 3e-3 (the previous default), 1e-3 (the default) and 5e-4 (about 2.8 hours more).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source setup_env.sh
@@ -36,7 +36,7 @@ source setup_env.sh
 "$PY" bench/learning.py --configs fit_512,fit_512_pre_seq_len_128,fit_512_full_finetune --seeds 42 \
     --out bench/results/learning-fit.md
 "$PY" bench/learning.py --steps 300 --seeds 42,43,44 \
-    --configs default,lr_1e-2,lr_1e-3,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init \
+    --configs default,lr_1e-2,lr_3e-3,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init \
     --out bench/results/learning-screen.md
 "$PY" bench/probe.py --train 4096
 BASE_ONLY=1 bash evaluate.sh output/learning/default/seed42
@@ -55,7 +55,7 @@ bash bench/base_strength.sh
 bash bench/base_depth.sh
 # after base_strength.sh: the full-budget screen has a row on its output/base_2x
 "$PY" bench/learning.py --seeds 42 --out bench/results/screen-full-seed42.md \
-    --configs default,lr_1e-3,lr_1e-2,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init,random_batches,base_2x,prefix_hidden_1024
+    --configs default,lr_3e-3,lr_1e-2,cosine_warmup,no_projection,pre_seq_len_64,dropout_0.1,random_init,random_batches,base_2x,prefix_hidden_1024
 "$PY" bench/learning.py --configs default,cosine_warmup --seeds 42,43,44 --out bench/results/screen-full-cosine.md
 "$PY" bench/learning.py --configs default,random_init --seeds 42,43,44 --out bench/results/screen-full-init.md
 "$PY" bench/suffix_experiment.py --variants prefix,prefix_suffix4,prefix_posfree --steps 2000 --eval_every 200

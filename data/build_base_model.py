@@ -1,6 +1,7 @@
 """Train the project's default base model: a tiny ChatGLM-style Chinese causal LM, from scratch, on the CPU.
 
-    python data/build_base_model.py [--out data/base_model] [--minutes 35] [--seed 42]
+    python data/build_base_model.py --steps 7664 --threads 2     # the shipped data/base_model (~78 min, 2 cores)
+    python data/build_base_model.py [--out data/base_model] [--minutes 35] [--seed 42]   # a wall-clock budget
 
 Steps (all seeded):
   1. Pretraining text from prepare_data.pretraining_corpus: People's Daily (Jan 1998, 4 paragraphs a
