@@ -8,7 +8,8 @@
 #   3. the factor screen: one change at a time, 300 steps, seeds 42 43 44 (learning-screen.md);
 #   4. probes on the frozen base and its loss before training (probe.md);
 #   5. the zero-shot base with the same prompts (BASE_ONLY=1 evaluate.sh on the seed-42 checkpoint);
-#   6. TASK=idiom with STEPS=300 on the first 200 test examples, with and without the prefix;
+#   6. TASK=idiom with STEPS=300 on the first 200 test examples, with and without the prefix, and the idiom and
+#      multi-turn learning rates (bench/task_lr.py, task_lr.md; about 20 minutes);
 #   7. training step time before/after the answer-window loss and length grouping (step_time.md);
 #   8. the P*-tuning family side by side (bench/methods.py: methods.md, methods.png; about 80 more minutes) and
 #      the fixed-batch fit (fixed_batch.txt);
@@ -44,6 +45,7 @@ rm -rf output/idiom
 /usr/bin/time -v -o output/idiom.time env TASK=idiom STEPS=300 bash train.sh > output/idiom.log 2>&1
 bash evaluate.sh output/idiom --max_samples 200
 BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
+"$PY" bench/task_lr.py
 "$PY" bench/step_time.py
 "$PY" bench/methods.py
 "$PY" bench/fixed_batch.py prompt_tuning:3e-2 prompt_tuning:3e-1 ptuning_v1:1e-2 ptuning_v2:3e-3
