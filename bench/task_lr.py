@@ -44,11 +44,14 @@ def run(task: str, lr: str) -> dict:
         out.mkdir(parents=True)
         start = time.time()
         with open(out.parent / f"{out.name}.log", "w") as log:
-            subprocess.run(["bash", str(ROOT / "train.sh")], env=env, stdout=log, stderr=subprocess.STDOUT,
-                           check=True, cwd=ROOT)
+            # GNU time's %M: peak resident set (KiB) of the largest process of train.sh's tree
+            subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(out / "peak_rss_kib"), "bash", str(ROOT / "train.sh")],
+                           env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
         (out / "train_seconds").write_text(f"{time.time() - start:.1f}\n")
     loss, step = best_eval_loss(json.loads((out / "trainer_state.json").read_text()))
-    row = {"task": task, "lr": lr, "best_eval_loss": loss, "best_step": step}
+    row = {"task": task, "lr": lr, "best_eval_loss": loss, "best_step": step,
+           "train_seconds": float((out / "train_seconds").read_text()),
+           "peak_rss_gb": round(int((out / "peak_rss_kib").read_text().split()[-1]) / 2**20, 2)}
     if task == "idiom":
         metrics_file = out / "eval" / "metrics.json"
         if not metrics_file.is_file():
@@ -63,10 +66,12 @@ def table(rows: list[dict], command: str) -> str:
     lines = [f"Generation tasks on the shipped base, {STEPS} steps of 16, seed 42, train.sh otherwise as shipped; "
              f"`{command}`. Validation loss: the best of the evaluations every 100 steps (the checkpoint train.sh "
              f"keeps). Idiom: BLEU-4 / ROUGE-1 of `bash evaluate.sh` on the first {TEST_EXAMPLES} test examples.",
-             "", "| task | lr | best validation loss (step) | BLEU-4 | ROUGE-1 |", "|---|---|---|---:|---:|"]
+             "", "| task | lr | best validation loss (step) | BLEU-4 | ROUGE-1 | train time | peak RSS |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         scores = (f"{r['bleu-4']:.2f} | {r['rouge-1']:.2f}" if "rouge-1" in r else "- | -")
-        lines.append(f"| {r['task']} | {r['lr']} | {r['best_eval_loss']:.3f} ({r['best_step']}) | {scores} |")
+        lines.append(f"| {r['task']} | {r['lr']} | {r['best_eval_loss']:.3f} ({r['best_step']}) | {scores} | "
+                     f"{r['train_seconds']:.0f} s | {r['peak_rss_gb']:.2f} GB |")
     return "\n".join(lines) + "\n"
 
 

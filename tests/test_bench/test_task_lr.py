@@ -32,8 +32,9 @@ def test_best_eval_loss_refuses_a_run_without_evaluation():
 
 def test_table_has_scores_for_idiom_and_dashes_for_multiturn():
     rows = [{"task": "idiom", "lr": "3e-3", "best_eval_loss": 4.6031, "best_step": 300, "bleu-4": 2.4673,
-             "rouge-1": 20.4637},
-            {"task": "multiturn", "lr": "3e-3", "best_eval_loss": 2.888, "best_step": 300}]
+             "rouge-1": 20.4637, "train_seconds": 68.2, "peak_rss_gb": 1.11},
+            {"task": "multiturn", "lr": "3e-3", "best_eval_loss": 2.888, "best_step": 300, "train_seconds": 101.0,
+             "peak_rss_gb": 1.2}]
     lines = load_bench().table(rows, "python bench/task_lr.py").splitlines()
-    assert lines[-2] == "| idiom | 3e-3 | 4.603 (300) | 2.47 | 20.46 |"
-    assert lines[-1] == "| multiturn | 3e-3 | 2.888 (300) | - | - |"
+    assert lines[-2] == "| idiom | 3e-3 | 4.603 (300) | 2.47 | 20.46 | 68 s | 1.11 GB |"
+    assert lines[-1] == "| multiturn | 3e-3 | 2.888 (300) | - | - | 101 s | 1.20 GB |"
