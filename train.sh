@@ -13,7 +13,7 @@
 #                0: plain embedding                          [1]
 #   LR           learning rate        [sentiment: 1e-3 (bench/learning.py); idiom, multiturn, custom: 3e-3 (bench/task_lr.py)]
 #   DROPOUT      ptuning_v2: dropout on the prefix keys/values while training (--prefix_dropout)  [0]
-#   STEPS        optimizer steps                             [2000: about 6 minutes on 2 cores; evaluated every 100, the best is kept]
+#   STEPS        optimizer steps                             [2000: 6-9 minutes on 2 cores (bench/results/learning-full.md); evaluated every 100, the best is kept]
 #   BATCH        examples per step                           [16]
 #   INIT_TEXT    ptuning_v2: start the prefix from the base's own keys/values of this text (--prefix_init_text);
 #                prompt_tuning: from the text's token embeddings (--prompt_init text); empty: random

@@ -1,25 +1,17 @@
 """bench/task_lr.py's helpers: the best validation loss is read from a Trainer's log history, and the table says
 which runs have test scores."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_task_lr", REPO / "bench" / "task_lr.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+import task_lr as bench  # noqa: E402
 
 
 def test_best_eval_loss_is_the_lowest_logged_evaluation():
-    bench = load_bench()
     history = [{"loss": 9.0, "step": 10}, {"eval_loss": 4.8, "step": 100}, {"loss": 3.0, "step": 150},
                {"eval_loss": 4.6, "step": 200}, {"eval_loss": 4.7, "step": 300}]
     assert bench.best_eval_loss({"log_history": history}) == (4.6, 200)
@@ -27,7 +19,7 @@ def test_best_eval_loss_is_the_lowest_logged_evaluation():
 
 def test_best_eval_loss_refuses_a_run_without_evaluation():
     with pytest.raises(ValueError, match="no evaluation"):
-        load_bench().best_eval_loss({"log_history": [{"loss": 1.0, "step": 10}]})
+        bench.best_eval_loss({"log_history": [{"loss": 1.0, "step": 10}]})
 
 
 def test_table_has_scores_for_idiom_and_dashes_for_multiturn():
@@ -35,6 +27,6 @@ def test_table_has_scores_for_idiom_and_dashes_for_multiturn():
              "rouge-1": 20.4637, "train_seconds": 68.2, "peak_rss_gb": 1.11},
             {"task": "multiturn", "lr": "3e-3", "best_eval_loss": 2.888, "best_step": 300, "train_seconds": 101.0,
              "peak_rss_gb": 1.2}]
-    lines = load_bench().table(rows, "python bench/task_lr.py").splitlines()
+    lines = bench.table(rows, "python bench/task_lr.py").splitlines()
     assert lines[-2] == "| idiom | 3e-3 | 4.603 (300) | 2.47 | 20.46 | 68 s | 1.11 GB |"
     assert lines[-1] == "| multiturn | 3e-3 | 2.888 (300) | - | - | 101 s | 1.20 GB |"
