@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# "The shipped base" below is the 1,916-step build that data/base_model held until commit 01a3db2 (its results files say
+# so); the shipped base is now the 7,664-step build, so a rerun compares these variants with the new one.
 # Does the prefix need a deeper base? The shipped base's recipe with 8 layers instead of 4.
 #   1. builds output/base_deep: data/build_base_model.py with the shipped base's settings, --layers 8 and the
 #      1,916 steps the shipped base reached (a step count, so the build is reproducible; about 20 minutes);

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# "The shipped base" below is the 1,916-step build that data/base_model held until commit 01a3db2 (its results files say
+# so); the shipped base is now the 7,664-step build, so a rerun compares these variants with the new one.
 # Does the prefix need more attention heads to steer the base? The shipped base's recipe with multi-head attention,
 # 8 query and 8 key/value heads of 32 dimensions (as ChatGLM-6B: one key/value head per query head), instead of
 # 4 query heads sharing 2 key/value heads of 64 (GQA, as ChatGLM2/3).

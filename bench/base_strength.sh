@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# "The shipped base" below is the 1,916-step build that data/base_model held until commit 01a3db2 (its results files say
+# so); the shipped base is now the 7,664-step build, so a rerun compares these variants with the new one.
 # Is the base the limit of the prefix on the sentiment task? The same recipe on a base pretrained twice as long.
 #   1. builds output/base_2x: data/build_base_model.py with the shipped base's settings but 3,832 steps instead of
 #      the 1,916 the shipped base reached in its 35 minutes (a step count, so the build is reproducible);
