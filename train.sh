@@ -11,7 +11,7 @@
 #   PRE_SEQ_LEN  virtual tokens (per layer for ptuning_v2)   [16]
 #   PROJECTION   ptuning_v2: 1 reparameterizes the prefix with an MLP (--prefix_projection, prefix-tuning);
 #                0: plain embedding                          [1]
-#   LR           learning rate        [sentiment: 1e-3 (bench/learning.py); idiom, multiturn, custom: 3e-3 (bench/task_lr.py)]
+#   LR           learning rate        [sentiment: 1e-3 (bench/learning.py); idiom, multiturn: 3e-3 (bench/task_lr.py); custom: 3e-3]
 #   DROPOUT      ptuning_v2: dropout on the prefix keys/values while training (--prefix_dropout)  [0]
 #   STEPS        optimizer steps                             [2000: 6-9 minutes on 2 cores (bench/results/learning-full.md); evaluated every 100, the best is kept]
 #   BATCH        examples per step                           [16]

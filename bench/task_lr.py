@@ -15,12 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from learning import peak_rss_gb, run_train_sh  # noqa: E402  (bench/learning.py: the train.sh runner)
+
 OUT = ROOT / "output" / "task_lr"
 RESULTS = ROOT / "bench" / "results" / "task_lr.md"
 STEPS = 300        # the README's idiom budget
@@ -40,18 +45,16 @@ def run(task: str, lr: str) -> dict:
     out = OUT / f"{task}-lr{lr}"
     env = {**os.environ, "TASK": task, "STEPS": str(STEPS), "LR": lr, "OUTPUT_DIR": str(out)}
     if not (out / "trainer_state.json").is_file():
-        subprocess.run(["rm", "-rf", str(out)], check=True)
+        shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         start = time.time()
         with open(out.parent / f"{out.name}.log", "w") as log:
-            # GNU time's %M: peak resident set (KiB) of the largest process of train.sh's tree
-            subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(out / "peak_rss_kib"), "bash", str(ROOT / "train.sh")],
-                           env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+            run_train_sh([], env, log, out)
         (out / "train_seconds").write_text(f"{time.time() - start:.1f}\n")
     loss, step = best_eval_loss(json.loads((out / "trainer_state.json").read_text()))
     row = {"task": task, "lr": lr, "best_eval_loss": loss, "best_step": step,
            "train_seconds": float((out / "train_seconds").read_text()),
-           "peak_rss_gb": round(int((out / "peak_rss_kib").read_text().split()[-1]) / 2**20, 2)}
+           "peak_rss_gb": peak_rss_gb(out)}
     if task == "idiom":
         metrics_file = out / "eval" / "metrics.json"
         if not metrics_file.is_file():
