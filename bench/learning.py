@@ -60,6 +60,14 @@ CONFIGS: dict[str, dict] = {
     "lr_3e-3": {"changes": "learning rate 3e-3", "env": {"LR": "3e-3"}, "flags": []},
     "cosine_warmup": {"changes": "cosine schedule, 10% warmup", "env": {},
                       "flags": ["--lr_scheduler_type", "cosine", "--warmup_steps", "0.1"]},
+    # the first steps move the prefix the most (first loss ~7.6 while the prefix learns the answer format): does
+    # easing in the learning rate keep the text-initialized prefix usable?
+    "warmup_100": {"changes": "100 warmup steps before the linear decay", "env": {},
+                   "flags": ["--warmup_steps", "100"]},
+    # every run above still gains validation accuracy at its last step: a longer budget, evaluated half as often to
+    # pay for it
+    "warmup_100_3000": {"changes": "100 warmup steps, 3,000 steps, evaluated every 200", "env": {"STEPS": "3000"},
+                        "flags": ["--warmup_steps", "100", "--save_steps", "200"]},
     "no_projection": {"changes": "no MLP projection (plain embedding), lr 3e-2", "env": {"PROJECTION": "0",
                                                                                           "LR": "3e-2"}, "flags": []},
     "lr_2e-3": {"changes": "learning rate 2e-3", "env": {"LR": "2e-3"}, "flags": []},
