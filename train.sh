@@ -13,7 +13,12 @@
 #                0: plain embedding                          [1]
 #   LR           learning rate        [sentiment: 1e-3 (bench/learning.py); idiom, multiturn: 3e-3 (bench/task_lr.py); custom: 3e-3]
 #   DROPOUT      ptuning_v2: dropout on the prefix keys/values while training (--prefix_dropout)  [0]
-#   STEPS        optimizer steps                             [2000: 6-9 minutes on 2 cores (bench/results/learning-full.md); evaluated every 100, the best is kept]
+#   STEPS        optimizer steps           [sentiment: 3000, about 11 minutes on 2 cores (bench/results/learning-full.md);
+#                                           other tasks: 2000]
+#   WARMUP       steps of linear learning-rate warmup before the linear decay to 0
+#                                           [sentiment: 100 (bench/results/warmup_100.md); other tasks: 0]
+#   EVAL_EVERY   steps between evaluations on the validation split (each one a checkpoint; the best is kept)
+#                                           [sentiment: 200; other tasks: 100]
 #   BATCH        examples per step                           [16]
 #   INIT_TEXT    ptuning_v2: start the prefix from the base's own keys/values of this text (--prefix_init_text);
 #                prompt_tuning: from the text's token embeddings (--prompt_init text); empty: random
@@ -37,7 +42,6 @@ TASK=${TASK:-sentiment}
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-16}
 PROJECTION=${PROJECTION:-1}
 DROPOUT=${DROPOUT:-0}
-STEPS=${STEPS:-2000}
 BATCH=${BATCH:-16}
 SEED=${SEED:-42}
 QUANT=${QUANT:-}
@@ -48,7 +52,10 @@ SENTIMENT_INSTRUCTION="判断这条评论的情感是积极还是消极："   # 
 case "$TASK" in
   sentiment)
     INIT_TEXT=${INIT_TEXT-$SENTIMENT_INSTRUCTION}
-    LR=${LR:-1e-3}   # shipped base, seeds 42/43/44: 1e-3 80.8 / 77.1 / 79.8, 5e-4 78.3 / 79.2 / 77.3, 3e-3 58.4 (seed 42)
+    LR=${LR:-1e-3}   # shipped base, 2,000 steps, seeds 42/43/44: 1e-3 80.8 / 77.1 / 79.8, 5e-4 78.3 / 79.2 / 77.3, 3e-3 58.4 (42)
+    # 2,000 steps: 100 warmup steps 79.3 / 80.1 / 80.1; every seed still gaining at its last step. 3,000 steps with
+    # that warmup (the evaluations halved to pay for it): bench/results/learning-full.md
+    STEPS=${STEPS:-3000}; WARMUP=${WARMUP:-100}; EVAL_EVERY=${EVAL_EVERY:-200}
     TASK_ARGS=(--prompt_column text --response_column label --prompt_template instruction
                --source_prefix "$SENTIMENT_INSTRUCTION" --max_source_length 256 --max_target_length 4) ;;
     # 256 tokens hold 99% of the reviews whole; at 96 a fifth were cut and the prefix learned to answer by
@@ -64,6 +71,9 @@ case "$TASK" in
   custom) LR=${LR:-3e-3}; TASK_ARGS=() ;;
   *) echo "TASK must be sentiment, idiom or multiturn (or set TRAIN_FILE and pass column flags)" >&2; exit 2 ;;
 esac
+STEPS=${STEPS:-2000}
+WARMUP=${WARMUP:-0}
+EVAL_EVERY=${EVAL_EVERY:-100}
 TRAIN_FILE=${TRAIN_FILE:-$DATA/$TASK/train.jsonl}
 if [ "$TASK" != custom ]; then
     VALIDATION_FILE=${VALIDATION_FILE:-$DATA/$TASK/dev.jsonl}
@@ -114,7 +124,7 @@ exec "${LAUNCH[@]}" -m ptuning_v2.train \
     "${DATA_ARGS[@]}" \
     "${TASK_ARGS[@]}" \
     "${PREFIX_ARGS[@]}" \
-    --learning_rate "$LR" --max_steps "$STEPS" --train_sampling_strategy group_by_length \
+    --learning_rate "$LR" --max_steps "$STEPS" --warmup_steps "$WARMUP" --train_sampling_strategy group_by_length \
     --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --max_eval_samples 500 \
-    --logging_steps 10 --save_steps 100 --save_total_limit 3 --report_to none --seed "$SEED" \
+    --logging_steps 10 --save_steps "$EVAL_EVERY" --save_total_limit 3 --report_to none --seed "$SEED" \
     --output_dir "$OUTPUT_DIR" "${QUANT_ARGS[@]}" "${DS_ARGS[@]}" "$@"

@@ -44,16 +44,22 @@ QUESTION = "这条评论的情感是积极还是消极？"  # "Is this review's 
 # is given them.
 FULL_FINETUNE = {"flags": ["--full_finetune", "--learning_rate", "2e-4"], "full_finetune": True,
                  "evaluate_flags": SENTIMENT_EVALUATE_FLAGS}
+# train.sh's sentiment schedule until warmup_100_3000 became the default: 2,000 steps, no warmup, evaluated (and
+# checkpointed) every 100. Full fine-tuning keeps that schedule over its 1,200 steps, as it was measured.
+SCHEDULE_2000 = {"STEPS": "2000", "WARMUP": "0", "EVAL_EVERY": "100"}
+FULL_FINETUNE_ENV = {**SCHEDULE_2000, "STEPS": "1200"}
 
 # The fit test: 512 training reviews for 600 steps (~19 epochs), validated on those same 512 reviews.
-FIT_512_ENV = {"STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"}
+FIT_512_ENV = {**SCHEDULE_2000, "STEPS": "600", "VALIDATION_FILE": "data/generated/sentiment/train.jsonl"}
 FIT_512_FLAGS = ["--max_train_samples", "512", "--max_eval_samples", "512"]
 
-# Each entry changes one thing against train.sh's defaults (MLP projection, lr 1e-3 with linear decay and no
-# warmup, pre_seq_len 16, prefix dropout 0, prefix initialized from the task instruction, best checkpoint by
-# validation accuracy). env: train.sh's own settings; flags: appended to its python -m ptuning_v2.train call.
+# Each entry changes one thing against train.sh's defaults (MLP projection, lr 1e-3 with 100 warmup steps and a
+# linear decay over 3,000 steps, pre_seq_len 16, prefix dropout 0, prefix initialized from the task instruction,
+# evaluated every 200 steps and the best checkpoint by validation accuracy kept). env: train.sh's own settings; flags: appended to its python -m ptuning_v2.train call.
 CONFIGS: dict[str, dict] = {
     "default": {"changes": "train.sh as shipped", "env": {}, "flags": []},
+    "schedule_2000": {"changes": "the previous schedule: no warmup, evaluated every 100, 2,000 steps unless --steps",
+                      "env": SCHEDULE_2000, "flags": []},
     "lr_1e-2": {"changes": "learning rate 1e-2", "env": {"LR": "1e-2"}, "flags": []},
     "lr_1e-3": {"changes": "learning rate 1e-3", "env": {"LR": "1e-3"}, "flags": []},
     # the sentiment default before the shipped base was pretrained four times as long (tuned on the 1,916-step base)
@@ -62,12 +68,13 @@ CONFIGS: dict[str, dict] = {
                       "flags": ["--lr_scheduler_type", "cosine", "--warmup_steps", "0.1"]},
     # the first steps move the prefix the most (first loss ~7.6 while the prefix learns the answer format): does
     # easing in the learning rate keep the text-initialized prefix usable?
-    "warmup_100": {"changes": "100 warmup steps before the linear decay", "env": {},
-                   "flags": ["--warmup_steps", "100"]},
+    "warmup_100": {"changes": "the previous schedule with 100 warmup steps before the linear decay",
+                   "env": {**SCHEDULE_2000, "WARMUP": "100"}, "flags": []},
     # every run above still gains validation accuracy at its last step: a longer budget, evaluated half as often to
     # pay for it
-    "warmup_100_3000": {"changes": "100 warmup steps, 3,000 steps, evaluated every 200", "env": {"STEPS": "3000"},
-                        "flags": ["--warmup_steps", "100", "--save_steps", "200"]},
+    # (the settings train.sh now ships)
+    "warmup_100_3000": {"changes": "100 warmup steps, 3,000 steps, evaluated every 200",
+                        "env": {"STEPS": "3000", "WARMUP": "100", "EVAL_EVERY": "200"}, "flags": []},
     "no_projection": {"changes": "no MLP projection (plain embedding), lr 3e-2", "env": {"PROJECTION": "0",
                                                                                           "LR": "3e-2"}, "flags": []},
     "lr_2e-3": {"changes": "learning rate 2e-3", "env": {"LR": "2e-3"}, "flags": []},
@@ -93,13 +100,13 @@ CONFIGS: dict[str, dict] = {
     "previous_default": {
         "changes": "the previous train.sh: lr 3e-2, dropout 0.1, random init, 1,200 steps, no validation (the "
                    "last step is kept), random batches",
-        "env": {"LR": "3e-2", "DROPOUT": "0.1", "INIT_TEXT": "", "STEPS": "1200"},
+        "env": {**SCHEDULE_2000, "LR": "3e-2", "DROPOUT": "0.1", "INIT_TEXT": "", "STEPS": "1200"},
         "flags": ["--eval_strategy", "no", "--train_sampling_strategy", "random"],
     },
     "full_finetune": {
         "changes": "full fine-tuning of the base (every weight; lr 2e-4, 1,200 steps), best checkpoint by "
                    "validation accuracy",
-        "env": {"STEPS": "1200"}, **FULL_FINETUNE,
+        "env": FULL_FINETUNE_ENV, **FULL_FINETUNE,
     },
     # Is the base the limit? The same recipe on a base pretrained twice as long (3,832 instead of 1,916 steps;
     # bench/base_strength.sh builds it into output/base_2x with data/build_base_model.py).
@@ -107,12 +114,13 @@ CONFIGS: dict[str, dict] = {
                 "env": {"MODEL": "output/base_2x"}, "flags": []},
     "base_2x_full_finetune": {
         "changes": "full fine-tuning (as full_finetune) of the base pretrained twice as long (output/base_2x)",
-        "env": {"MODEL": "output/base_2x", "STEPS": "1200"}, **FULL_FINETUNE,
+        "env": {**FULL_FINETUNE_ENV, "MODEL": "output/base_2x"}, **FULL_FINETUNE,
     },
     # Does the ceiling keep rising with pretraining? The shipped base's recipe for 4x its steps (7,664 instead of
     # 1,916; bench/base_4x.sh builds it into output/base_4x with data/build_base_model.py).
-    "base_4x": {"changes": "train.sh as shipped, on a base pretrained four times as long (output/base_4x)",
-                "env": {"MODEL": "output/base_4x"}, "flags": []},
+    "base_4x": {"changes": "the previous schedule (2,000 steps, no warmup), on a base pretrained four times as long "
+                           "(output/base_4x, the shipped base)",
+                "env": {**SCHEDULE_2000, "MODEL": "output/base_4x"}, "flags": []},
     # Positive reviews are longer, and a prefix picks that up first (bench/length_shortcut.py): the same recipe on a
     # training file where length says nothing about the label (python bench/length_shortcut.py --make_balanced).
     "length_balanced": {
@@ -124,7 +132,7 @@ CONFIGS: dict[str, dict] = {
                   "env": {"MODEL": "output/base_deep"}, "flags": []},
     "base_deep_full_finetune": {
         "changes": "full fine-tuning (as full_finetune) of the 8-layer base (output/base_deep)",
-        "env": {"MODEL": "output/base_deep", "STEPS": "1200"}, **FULL_FINETUNE,
+        "env": {**FULL_FINETUNE_ENV, "MODEL": "output/base_deep"}, **FULL_FINETUNE,
     },
     # The review first and the question after it, right before 答: the frozen base's answer position then carries
     # more of the review's sentiment (last-token probe 74.8% against 71.8%, bench/results/template_probe.md).
@@ -140,7 +148,7 @@ CONFIGS: dict[str, dict] = {
                   "env": {"MODEL": "output/base_mha8"}, "flags": []},
     "base_mha8_full_finetune": {
         "changes": "full fine-tuning (as full_finetune) of the 8-head base (output/base_mha8)",
-        "env": {"MODEL": "output/base_mha8", "STEPS": "1200"}, **FULL_FINETUNE,
+        "env": {**FULL_FINETUNE_ENV, "MODEL": "output/base_mha8"}, **FULL_FINETUNE,
     },
     # The cut train.sh used before: prompts longer than 96 tokens (a fifth of the reviews) lose their start.
     "cut_96": {"changes": "prompts cut to 96 tokens (train.sh's previous default; 20% of the prompts cut)",

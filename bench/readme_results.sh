@@ -53,7 +53,9 @@ BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
 "$PY" bench/learning.py --configs default,length_balanced --seeds 42,43,44 --out bench/results/length_balanced.md
 "$PY" bench/learning.py --configs default,cut_96,full_finetune --seeds 42,43,44 --out bench/results/cut.md
 "$PY" bench/learning.py --configs default --steps 4000 --seeds 42 --out bench/results/steps-4000.md
-"$PY" bench/learning.py --configs default --steps 3000 --seeds 42,43 --out bench/results/steps-3000.md
+"$PY" bench/learning.py --configs schedule_2000 --steps 3000 --seeds 42,43 --out bench/results/steps-3000.md
+"$PY" bench/learning.py --configs warmup_100 --seeds 42,43,44 --out bench/results/warmup_100.md
+"$PY" bench/learning.py --configs warmup_100_3000 --seeds 42,43,44 --out bench/results/warmup_100_3000.md
 bash bench/base_strength.sh
 bash bench/base_depth.sh
 # after base_strength.sh: the full-budget screen has a row on its output/base_2x
