@@ -13,7 +13,7 @@
 #                0: plain embedding                          [1]
 #   LR           learning rate        [sentiment: 1e-3 (bench/learning.py); idiom, multiturn: 3e-3 (bench/task_lr.py); custom: 3e-3]
 #   DROPOUT      ptuning_v2: dropout on the prefix keys/values while training (--prefix_dropout)  [0]
-#   STEPS        optimizer steps           [sentiment: 3000, about 11 minutes on 2 cores (bench/results/learning-full.md);
+#   STEPS        optimizer steps           [sentiment: 3000, 10.5 minutes on 2 cores (bench/results/learning-full.md);
 #                                           other tasks: 2000]
 #   WARMUP       steps of linear learning-rate warmup before the linear decay to 0
 #                                           [sentiment: 100 (bench/results/warmup_100.md); other tasks: 0]
