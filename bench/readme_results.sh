@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Reproduces every number of the README's "Results on the shipped default", on this machine, from scratch
-# (about 11.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
+# (about 12.5 hours on 2 CPU cores with nothing else running; finished runs are kept under output/learning/ and
 # not trained again, so an interrupted run continues):
 #   1. sentiment, seeds 42 43 44, full budget: the default `bash train.sh` and full fine-tuning of the same base
 #      (bench/results/learning-full.md), and the previous default on seed 42 (learning-previous.md);
+#      later (after the 3,000-step check) the 2,000-step schedule with 100 warmup steps (warmup_100.md) and the default
+#      measured under its own config name (warmup_100_3000.md), about an hour;
 #   2. the fit test: 512 training reviews, 600 steps (learning-fit.md);
 #   3. the factor screen: one change at a time, 300 steps, seeds 42 43 44 (learning-screen.md);
 #   4. probes on the frozen base and its loss before training (probe.md);
 #   5. the zero-shot base with the same prompts (BASE_ONLY=1 evaluate.sh on the seed-42 checkpoint);
 #   6. TASK=idiom with STEPS=300 on the first 200 test examples, with and without the prefix, and the idiom and
-#      multi-turn learning rates (bench/task_lr.py, task_lr.md; about 20 minutes);
+#      multi-turn learning rates (bench/task_lr.py, task_lr.md; about 20 minutes), and idiom at 2,000 steps;
 #   7. training step time before/after the answer-window loss and length grouping (step_time.md);
 #   8. the P*-tuning family side by side (bench/methods.py: methods.md, methods.png; about 80 more minutes) and
 #      the fixed-batch fit (fixed_batch.txt);
@@ -45,6 +47,9 @@ rm -rf output/idiom
 /usr/bin/time -v -o output/idiom.time env TASK=idiom STEPS=300 bash train.sh > output/idiom.log 2>&1
 bash evaluate.sh output/idiom --max_samples 200
 BASE_ONLY=1 bash evaluate.sh output/idiom --max_samples 200
+rm -rf output/idiom-2000   # idiom at its own default length, 2,000 steps (about 9 minutes)
+TASK=idiom OUTPUT_DIR=output/idiom-2000 bash train.sh > output/idiom-2000.log 2>&1
+bash evaluate.sh output/idiom-2000 --max_samples 200
 "$PY" bench/task_lr.py
 "$PY" bench/step_time.py
 "$PY" bench/methods.py
@@ -92,3 +97,4 @@ echo "== sentiment, base only (the seed-42 checkpoint's prompts):"
 cat output/learning/default/seed42/eval-base-only/metrics.json
 echo "== idiom: $(grep -E 'Elapsed \(wall|Maximum resident' output/idiom.time | tr -s ' ' | paste -sd ';')"
 cat output/idiom/eval/metrics.json output/idiom/eval-base-only/metrics.json
+cat output/idiom-2000/eval/metrics.json
