@@ -52,7 +52,8 @@ SENTIMENT_INSTRUCTION="判断这条评论的情感是积极还是消极："   # 
 case "$TASK" in
   sentiment)
     INIT_TEXT=${INIT_TEXT-$SENTIMENT_INSTRUCTION}
-    LR=${LR:-1e-3}   # shipped base, 2,000 steps, seeds 42/43/44: 1e-3 80.8 / 77.1 / 79.8, 5e-4 78.3 / 79.2 / 77.3, 3e-3 58.4 (42)
+    # shipped base, 2,000 steps, seeds 42/43/44: lr 1e-3 80.8 / 77.1 / 79.8, 5e-4 78.3 / 79.2 / 77.3, 3e-3 58.4 (42)
+    LR=${LR:-1e-3}
     # 2,000 steps: 100 warmup steps 79.3 / 80.1 / 80.1; every seed still gaining at its last step. 3,000 steps with
     # that warmup (the evaluations halved to pay for it): bench/results/learning-full.md
     STEPS=${STEPS:-3000}; WARMUP=${WARMUP:-100}; EVAL_EVERY=${EVAL_EVERY:-200}
